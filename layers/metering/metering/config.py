@@ -48,7 +48,7 @@ class Settings(BaseModel):
 
     # connection behaviour
     db_pool_size: int = Field(default=1, ge=1, le=64)
-    db_connect_timeout_s: float = Field(default=5.0, gt=0)
+    db_timeout_s: float = Field(default=20.0, gt=0)
     db_ping_after_idle_s: float = Field(default=30.0, ge=0)
     redis_timeout_s: float = Field(default=0.25, gt=0)
 
@@ -71,7 +71,7 @@ ENV = {
     "STRIPE_WEBHOOK_SECRET_ARN": "stripe_webhook_secret_arn",
     "USAGE_DLQ_URL": "usage_dlq_url",
     "DB_POOL_SIZE": "db_pool_size",
-    "DB_CONNECT_TIMEOUT_S": "db_connect_timeout_s",
+    "DB_TIMEOUT_S": "db_timeout_s",
     "DB_PING_AFTER_IDLE_S": "db_ping_after_idle_s",
     "REDIS_TIMEOUT_S": "redis_timeout_s",
 }

@@ -1,0 +1,1 @@
+"""The HTTP boundary: request/response models and the resolver every handler uses."""

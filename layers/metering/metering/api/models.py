@@ -1,0 +1,152 @@
+"""Request and response models of api.md section 5 (the contract's field names are fixed).
+
+Amounts are StrictInt: "5", 5.0 and true are rejected rather than coerced, and every amount must
+fit in a signed 64-bit integer.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
+from pydantic_core import PydanticCustomError
+
+INT64_MAX = 2**63 - 1
+DETAILS_MAX_BYTES = 8 * 1024
+
+UserId = Annotated[str, Field(min_length=1, max_length=255)]
+Ident = Annotated[str, Field(min_length=1, max_length=255)]
+UsageTypeName = Annotated[str, Field(min_length=1, max_length=64)]
+Amount = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
+PositiveAmount = Annotated[StrictInt, Field(ge=1, le=INT64_MAX)]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Response(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ReservationRequest(Request):
+    id: Ident
+    ttl_seconds: Annotated[StrictInt, Field(ge=1, le=604800)]
+
+
+class CheckRequest(Request):
+    user_id: UserId
+    usage_type: UsageTypeName
+    amount: Amount
+    reservation: ReservationRequest | None = None
+
+
+class ReservationOut(Response):
+    id: str
+    amount: int
+    expires_at: datetime
+
+
+class CheckResponse(Response):
+    allowed: bool
+    user_id: str
+    usage_type: str
+    requested: int
+    limit: int | None
+    used: int
+    reserved: int
+    available: int | None
+    reservation: ReservationOut | None
+    reservations_counted: bool
+
+
+def _details_size(details: dict[str, Any] | None) -> dict[str, Any] | None:
+    if details is not None:
+        size = len(json.dumps(details, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > DETAILS_MAX_BYTES:
+            raise PydanticCustomError(
+                "payload_too_large",
+                "details is {size} bytes, at most {limit} allowed",
+                {"size": size, "limit": DETAILS_MAX_BYTES},
+            )
+    return details
+
+
+class UsageRequest(Request):
+    event_id: Ident
+    user_id: UserId
+    usage_type: UsageTypeName
+    amount: PositiveAmount
+    reference_id: Annotated[str, Field(max_length=255)] | None = None
+    description: Annotated[str, Field(max_length=1000)] | None = None
+    details: Annotated[dict[str, Any] | None, AfterValidator(_details_size)] = None
+    reservation_id: Ident | None = None
+
+
+class BreakdownOut(Response):
+    from_subscription: int
+    from_rollover: int
+    from_purchased: int
+    overflow_to_debt: int
+
+
+class BalanceOut(Response):
+    used: int
+    rollover: int
+    purchased: int
+
+
+class UsageResponse(Response):
+    event_id: str
+    recorded: bool
+    duplicate: bool
+    breakdown: BreakdownOut
+    balance: BalanceOut
+
+
+class BatchRequest(Request):
+    # Items are validated one by one so that one bad event does not reject the others.
+    events: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=500)]
+
+
+class ErrorOut(Response):
+    code: str
+    message: str
+
+
+class BatchResult(Response):
+    event_id: str | None
+    status: Literal["recorded", "duplicate", "rejected"]
+    breakdown: BreakdownOut | None = None
+    error: ErrorOut | None = None
+
+
+class BatchResponse(Response):
+    results: list[BatchResult]
+
+
+def _nonzero(value: int) -> int:
+    if value == 0:
+        raise PydanticCustomError("nonzero", "delta must not be 0")
+    return value
+
+
+class AdjustmentRequest(Request):
+    adjustment_id: Ident
+    usage_type: UsageTypeName
+    pool: Literal["purchased", "rollover"]
+    delta: Annotated[StrictInt, Field(ge=-INT64_MAX, le=INT64_MAX), AfterValidator(_nonzero)]
+    reason: Annotated[str, Field(min_length=1, max_length=1000)]
+
+
+class AdjustmentResponse(Response):
+    adjustment_id: str
+    applied: bool
+    duplicate: bool
+    balance: BalanceOut
+
+
+class ErrorBody(Response):
+    error: ErrorOut

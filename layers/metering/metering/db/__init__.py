@@ -1,0 +1,1 @@
+"""PostgreSQL access: the engine, transactions and migrations."""

@@ -1,0 +1,188 @@
+"""One engine per container, one connection per invocation, no session state that pins RDS Proxy.
+
+The engine runs in AUTOCOMMIT mode, which pg8000 implements client-side: a read is one statement,
+one round trip, with no BEGIN/COMMIT around it, and SQLAlchemy never has to reset the isolation
+level with `SET SESSION CHARACTERISTICS` (which would pin the proxy connection). Writes use
+`transaction()`, which sends BEGIN/COMMIT itself. Instead of pinging on every checkout, a pooled
+connection is pinged only after it sat idle (a frozen Lambda may find its socket closed by the
+proxy); a connection that dies mid-invocation is retried once by `run_in_transaction`.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import URL, Connection, Engine, create_engine, event, exc
+
+from metering.config import ConfigurationError, Settings, get_settings
+from metering.errors import Unavailable
+
+# SQLSTATEs after which a whole transaction may simply run again.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+
+
+def database_url(settings: Settings) -> str | URL:
+    if settings.database_url:
+        return settings.database_url
+    if settings.db_host:
+        return URL.create(
+            "postgresql+pg8000",
+            username=settings.db_user,
+            host=settings.db_host,
+            port=settings.db_port,
+            database=settings.db_name,
+        )
+    raise ConfigurationError("no database configured: set DATABASE_URL, or DB_HOST with DB_IAM_AUTH/DB_SECRET_ARN")
+
+
+def build_engine(settings: Settings) -> Engine:
+    url = database_url(settings)
+    connect_args: dict[str, Any] = {"timeout": settings.db_timeout_s}
+    aws = not settings.database_url
+    if aws and settings.db_tls:
+        connect_args["ssl_context"] = ssl.create_default_context()
+    engine = create_engine(
+        url,
+        isolation_level="AUTOCOMMIT",
+        pool_size=settings.db_pool_size,
+        max_overflow=0,
+        pool_timeout=settings.db_timeout_s,
+        pool_recycle=1700,  # below RDS Proxy's default 1800 s idle client timeout
+        pool_pre_ping=False,
+        connect_args=connect_args,
+    )
+    _install_idle_ping(engine, settings.db_ping_after_idle_s)
+    if aws and settings.db_iam_auth:
+        _install_iam_token(engine, settings)
+    elif aws and settings.db_secret_arn:
+        _install_secret_credentials(engine, settings.db_secret_arn)
+    return engine
+
+
+def _install_idle_ping(engine: Engine, idle_s: float) -> None:
+    @event.listens_for(engine, "checkin")
+    def _mark_idle(dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < idle_s:
+            return
+        try:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+        except Exception as error:
+            # the pool discards this connection and checks out a fresh one
+            raise exc.DisconnectionError(str(error)) from error
+
+
+def _install_iam_token(engine: Engine, settings: Settings) -> None:
+    """A fresh RDS IAM token (valid 15 min) for every physical connection, never at import."""
+
+    @event.listens_for(engine, "do_connect")
+    def _token(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        cparams["password"] = _rds_client(settings.aws_region).generate_db_auth_token(
+            DBHostname=settings.db_host, Port=settings.db_port, DBUsername=settings.db_user
+        )
+
+
+def _install_secret_credentials(engine: Engine, secret_arn: str) -> None:
+    @event.listens_for(engine, "do_connect")
+    def _credentials(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        from aws_lambda_powertools.utilities import parameters
+
+        secret = parameters.get_secret(secret_arn, transform="json", max_age=300)
+        if not isinstance(secret, dict) or "password" not in secret:
+            raise ConfigurationError("DB_SECRET_ARN: secret must be JSON with username and password")
+        cparams["user"] = secret.get("username", cparams.get("user"))
+        cparams["password"] = secret["password"]
+
+
+@lru_cache(maxsize=4)
+def _rds_client(region: str | None) -> Any:
+    import boto3
+
+    return boto3.client("rds", region_name=region)
+
+
+@lru_cache(maxsize=1)
+def get_engine() -> Engine:
+    return build_engine(get_settings())
+
+
+def reset_engine() -> None:
+    """Drop the cached engine (tests that change DATABASE_URL; never needed in Lambda)."""
+    if get_engine.cache_info().currsize:
+        get_engine().dispose()
+    get_engine.cache_clear()
+
+
+@contextmanager
+def connect() -> Iterator[Connection]:
+    """A connection for single-statement reads (autocommit: one round trip each)."""
+    try:
+        with get_engine().connect() as conn:
+            yield conn
+    except exc.DBAPIError as error:
+        if _is_disconnect(error):
+            raise Unavailable("database unavailable, retry later") from error
+        raise
+
+
+@contextmanager
+def transaction() -> Iterator[Connection]:
+    """BEGIN ... COMMIT on one pooled connection; ROLLBACK (or discard the connection) on error."""
+    with get_engine().connect() as conn:
+        conn.exec_driver_sql("BEGIN")
+        try:
+            yield conn
+        except BaseException:
+            try:
+                conn.exec_driver_sql("ROLLBACK")
+            except Exception:
+                conn.invalidate()
+            raise
+        conn.exec_driver_sql("COMMIT")
+
+
+def run_in_transaction[T](work: Callable[[Connection], T], *, attempts: int = 3) -> T:
+    """Run `work` in one transaction, again from the start after a deadlock, a serialization
+    failure or a lost connection. Every write of this service is idempotent, so a transaction
+    whose COMMIT was lost in flight converges when it runs again."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with transaction() as conn:
+                return work(conn)
+        except exc.DBAPIError as error:
+            retryable = _is_disconnect(error) or sqlstate(error) in RETRYABLE_SQLSTATES
+            if not retryable or attempt == attempts:
+                if _is_disconnect(error):
+                    raise Unavailable("database unavailable, retry later") from error
+                raise
+    raise AssertionError("unreachable")
+
+
+def sqlstate(error: exc.DBAPIError) -> str | None:
+    args = getattr(error.orig, "args", ())
+    if args and isinstance(args[0], dict):
+        code = args[0].get("C")
+        return str(code) if code else None
+    return None
+
+
+def _is_disconnect(error: exc.DBAPIError) -> bool:
+    """Lost or refused connections: pg8000 reports network failures as InterfaceError, and a
+    server shutting down terminates sessions with SQLSTATE class 57P / 08."""
+    code = sqlstate(error) or ""
+    return (
+        bool(error.connection_invalidated)
+        or isinstance(error, exc.InterfaceError)
+        or code.startswith(("57P", "08"))
+    )

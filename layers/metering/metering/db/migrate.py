@@ -1,0 +1,63 @@
+"""`metering migrate`: bring the database to the latest schema with Alembic (idempotent).
+
+Migrations ship inside the package, so a migration Lambda (functions/maintenance) can run them with
+nothing but the layer. Concurrent runs serialize on a transaction-scoped advisory lock (never a
+session lock: that would pin an RDS Proxy connection), and all DDL runs in that one transaction.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from metering.config import get_settings
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+LOCK_KEY = 0x6D65746572  # "meter"
+
+
+def _alembic_config():  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def upgrade_to_head(url: str | None = None) -> str:
+    """Apply every pending migration; returns the revision the database is at afterwards."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
+    from metering.db.engine import database_url
+
+    engine = create_engine(url or database_url(get_settings()), poolclass=NullPool)
+    cfg = _alembic_config()
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            revision = MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+    return revision or ""
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return str(ScriptDirectory.from_config(_alembic_config()).get_current_head())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="database URL (default: DATABASE_URL / DB_* settings)")
+
+
+def run(args: argparse.Namespace) -> int:
+    revision = upgrade_to_head(args.url)
+    print(f"database at revision {revision} (head {head_revision()})")
+    return 0

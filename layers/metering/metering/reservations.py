@@ -1,0 +1,169 @@
+"""Reservations in Redis: check-and-reserve is one atomic Lua script.
+
+All of a user's live reservations sit in one hash (`reservation id -> usage type, amount, expiry`),
+because a release names only the user and the reservation id. The script drops expired entries,
+sums the other live holds of the usage type, compares the request with what the database said is
+available, and only then writes the hold: two concurrent checks can never both be granted more
+than was available between them. Expiry uses Redis' own clock, so containers' clocks don't matter.
+
+Redis is an accelerator, never a dependency of correctness: when it is unreachable the check
+answers from the database alone and says so (`reservations_counted: false`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from metering.config import get_settings
+from metering.observability import Metric, count, logger
+
+if TYPE_CHECKING:
+    import redis
+
+# KEYS[1]: the user's reservation hash.
+# ARGV: usage_type, reservation_id ('' = none), amount, ttl_ms, available ('' = unlimited;
+# may be negative when debt exceeds the allowance).
+# Returns {allowed 0/1, reserved by others, expires_at_ms or 0}.
+_CHECK_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local usage_type, rid = ARGV[1], ARGV[2]
+local amount, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+local entries = redis.call('HGETALL', KEYS[1])
+local reserved, latest = 0, 0
+for i = 1, #entries, 2 do
+  local id, value = entries[i], entries[i + 1]
+  local rtype, ramount, rexp = string.match(value, '^(.*)|(%d+)|(%d+)$')
+  rexp = tonumber(rexp)
+  if rexp <= now then
+    redis.call('HDEL', KEYS[1], id)
+  else
+    if rexp > latest then latest = rexp end
+    if rtype == usage_type and id ~= rid then reserved = reserved + tonumber(ramount) end
+  end
+end
+local allowed = 1
+if ARGV[5] ~= '' then
+  local available = tonumber(ARGV[5]) - reserved
+  if available < 0 then available = 0 end
+  if amount > available then allowed = 0 end
+end
+local expires = 0
+if allowed == 1 and rid ~= '' then
+  expires = now + ttl
+  redis.call('HSET', KEYS[1], rid, usage_type .. '|' .. ARGV[3] .. '|' .. expires)
+  if expires > latest then latest = expires end
+end
+if latest > 0 then redis.call('PEXPIREAT', KEYS[1], latest) end
+return {allowed, reserved, expires}
+"""
+
+# KEYS[1]: the user's reservation hash; ARGV[1]: reservation id. Returns 1 if a live hold was removed.
+_RELEASE_LUA = """
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rexp = tonumber(string.match(value, '|(%d+)$'))
+if rexp <= now then return 0 end
+return 1
+"""
+
+
+class ReservationsUnavailable(Exception):
+    """Redis is not configured or not reachable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    allowed: bool
+    reserved: int
+    expires_at: datetime | None
+
+
+def key(user_id: str) -> str:
+    # length-prefixed so that no user id can collide with another's key
+    return f"metering:resv:{len(user_id)}:{user_id}"
+
+
+@lru_cache(maxsize=1)
+def _client() -> tuple[redis.Redis, Any, Any] | None:
+    url = get_settings().redis_url
+    if not url:
+        return None
+    import redis
+
+    timeout = get_settings().redis_timeout_s
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=timeout, socket_timeout=timeout, health_check_interval=30
+    )
+    return client, client.register_script(_CHECK_LUA), client.register_script(_RELEASE_LUA)
+
+
+def reset_client() -> None:
+    _client.cache_clear()
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (redis.RedisError, OSError)
+
+
+def check_and_hold(
+    user_id: str,
+    usage_type: str,
+    *,
+    amount: int,
+    available: int | None,
+    reservation_id: str | None,
+    ttl_seconds: int,
+) -> Hold:
+    """Count the other live holds and, when `amount` fits, place (or replace) this one."""
+    client = _client()
+    if client is None:
+        raise ReservationsUnavailable("REDIS_URL is not set")
+    _, check_script, _ = client
+    try:
+        allowed, reserved, expires = check_script(
+            keys=[key(user_id)],
+            args=[
+                usage_type,
+                reservation_id or "",
+                amount,
+                ttl_seconds * 1000,
+                "" if available is None else available,
+            ],
+        )
+    except _redis_errors() as error:
+        count(Metric.RESERVATIONS_UNAVAILABLE)
+        logger.warning("reservations unavailable", extra={"error": str(error)})
+        raise ReservationsUnavailable(str(error)) from error
+    expires_at = datetime.fromtimestamp(int(expires) / 1000, tz=UTC) if int(expires) else None
+    return Hold(allowed=bool(allowed), reserved=int(reserved), expires_at=expires_at)
+
+
+def release(user_id: str, reservation_id: str) -> bool:
+    """Remove a hold; True when it was live."""
+    client = _client()
+    if client is None:
+        raise ReservationsUnavailable("REDIS_URL is not set")
+    _, _, release_script = client
+    try:
+        return bool(release_script(keys=[key(user_id)], args=[reservation_id]))
+    except _redis_errors() as error:
+        count(Metric.RESERVATIONS_UNAVAILABLE)
+        raise ReservationsUnavailable(str(error)) from error
+
+
+def settle(user_id: str, reservation_id: str) -> None:
+    """After a record committed: drop its hold. Best effort, since an unreleased hold only makes
+    checks stricter until its TTL, and the usage itself is already safely recorded."""
+    try:
+        release(user_id, reservation_id)
+    except ReservationsUnavailable as error:
+        logger.warning("could not settle reservation", extra={"reservation_id": reservation_id, "error": str(error)})

@@ -1,0 +1,165 @@
+"""POST /v1/check and reservations: every response field, holds, release, settlement, expiry,
+and Redis being down."""
+
+import time
+
+import pytest
+import redis
+
+from tests.support import api
+from tests.support.state import subscribe, use_test_catalog
+
+pytestmark = pytest.mark.usefixtures("clean")
+
+
+@pytest.fixture(autouse=True)
+def catalog(clean):
+    use_test_catalog()
+
+
+def grant(user, usage_type, pool, delta, ref):
+    assert api.adjust(user, ref, usage_type, pool, delta)[0] == 201
+
+
+def test_check_reports_every_field():
+    subscribe("u1", "basic")
+    api.record("e1", "u1", "premium_voice", 4000)
+    grant("u1", "premium_voice", "purchased", 300, "p")
+    grant("u1", "premium_voice", "rollover", -100, "r")
+    status, body = api.check("u1", "premium_voice", 1200, {"id": "doc-1", "ttl_seconds": 60})
+    assert status == 200
+    expires_at = body["reservation"].pop("expires_at")
+    assert body == {
+        "allowed": True, "user_id": "u1", "usage_type": "premium_voice", "requested": 1200,
+        "limit": 5000, "used": 4000, "reserved": 0, "available": 1200,
+        "reservation": {"id": "doc-1", "amount": 1200}, "reservations_counted": True,
+    }
+    assert expires_at.endswith(("Z", "+00:00"))
+
+
+def test_equality_passes_and_one_more_is_denied_without_a_reservation():
+    subscribe("u1", "basic")
+    api.record("e1", "u1", "premium_voice", 4000)
+    assert api.check("u1", "premium_voice", 1000)[1]["allowed"] is True
+    status, body = api.check("u1", "premium_voice", 1001, {"id": "r", "ttl_seconds": 60})
+    assert status == 200 and body["allowed"] is False and body["reservation"] is None
+    assert body["available"] == 1000
+
+
+def test_unlimited_reports_null_limit_and_available():
+    subscribe("u1", "plus")
+    body = api.check("u1", "ocr_tokens", 10**15)[1]
+    assert (body["allowed"], body["limit"], body["available"]) == (True, None, None)
+
+
+def test_billing_disabled_allows_everything(monkeypatch):
+    monkeypatch.setenv("BILLING_ENABLED", "false")
+    use_test_catalog()
+    body = api.check("stranger", "premium_voice", 10**9)[1]
+    assert (body["allowed"], body["limit"], body["available"]) == (True, None, None)
+
+
+def test_reservations_count_against_others_and_recheck_replaces():
+    subscribe("u1", "basic")  # 5000
+    assert api.check("u1", "premium_voice", 3000, {"id": "a", "ttl_seconds": 60})[1]["allowed"]
+    body = api.check("u1", "premium_voice", 2001, {"id": "b", "ttl_seconds": 60})[1]
+    assert (body["allowed"], body["reserved"], body["available"]) == (False, 3000, 2000)
+    # re-checking "a" replaces its hold: its own old amount is not counted against it
+    body = api.check("u1", "premium_voice", 5000, {"id": "a", "ttl_seconds": 60})[1]
+    assert (body["allowed"], body["reserved"]) == (True, 0)
+    body = api.check("u1", "premium_voice", 1)[1]
+    assert (body["allowed"], body["reserved"], body["available"]) == (False, 5000, 0)
+
+
+def test_reservations_are_per_usage_type():
+    subscribe("u1", "basic")
+    api.check("u1", "premium_voice", 5000, {"id": "a", "ttl_seconds": 60})
+    assert api.check("u1", "ocr_tokens", 100000)[1]["reserved"] == 0
+
+
+def test_release_frees_the_hold_and_a_second_release_is_404():
+    subscribe("u1", "basic")
+    api.check("u1", "premium_voice", 4000, {"id": "doc", "ttl_seconds": 60})
+    assert api.release("u1", "doc") == (204, None)
+    assert api.check("u1", "premium_voice", 5000)[1]["allowed"] is True
+    status, body = api.release("u1", "doc")
+    assert status == 404 and body["error"]["code"] == "not_found"
+
+
+def test_record_naming_the_reservation_settles_it():
+    subscribe("u1", "basic")
+    api.check("u1", "premium_voice", 2000, {"id": "doc", "ttl_seconds": 60})
+    assert api.record("e1", "u1", "premium_voice", 1800, reservation_id="doc")[0] == 201
+    body = api.check("u1", "premium_voice", 3200)[1]
+    assert (body["reserved"], body["used"], body["allowed"]) == (0, 1800, True)
+    assert api.release("u1", "doc")[0] == 404
+
+
+def test_reservation_expires(services):
+    subscribe("u1", "basic")
+    api.check("u1", "premium_voice", 5000, {"id": "short", "ttl_seconds": 1})
+    assert api.check("u1", "premium_voice", 1)[1]["reserved"] == 5000
+    # expire it the way time would: move its deadline into the past in Redis
+    client = redis.Redis.from_url(services["redis_url"])
+    (key,) = client.keys("metering:resv:*")
+    value = client.hget(key, "short").decode()
+    usage_type, amount, _ = value.split("|")
+    client.hset(key, "short", f"{usage_type}|{amount}|{int(time.time() * 1000) - 1}")
+    body = api.check("u1", "premium_voice", 5000)[1]
+    assert (body["reserved"], body["allowed"]) == (0, True)
+    assert api.release("u1", "short")[0] == 404
+
+
+def test_redis_ttl_is_set_on_the_hash(services):
+    api.check("u1", "server_kokoro", 10, {"id": "x", "ttl_seconds": 30})
+    client = redis.Redis.from_url(services["redis_url"])
+    (key,) = client.keys("metering:resv:*")
+    assert 0 < client.pttl(key) <= 30_000
+
+
+def test_redis_down_check_answers_from_the_database(monkeypatch):
+    subscribe("u1", "basic")
+    api.check("u1", "premium_voice", 4000, {"id": "held", "ttl_seconds": 60})
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+    use_test_catalog()
+    status, body = api.check("u1", "premium_voice", 5000, {"id": "new", "ttl_seconds": 60})
+    assert status == 200
+    assert (body["allowed"], body["reserved"], body["reservation"], body["reservations_counted"]) == (True, 0, None, False)
+    # records are unaffected
+    assert api.record("e1", "u1", "premium_voice", 10)[0] == 201
+    # and release says the service is unavailable rather than guessing
+    assert api.release("u1", "held")[1]["error"]["code"] == "unavailable"
+
+
+def test_redis_not_configured(monkeypatch):
+    monkeypatch.delenv("REDIS_URL")
+    use_test_catalog()
+    body = api.check("u1", "server_kokoro", 5, {"id": "x", "ttl_seconds": 5})[1]
+    assert (body["allowed"], body["reservations_counted"], body["reservation"]) == (True, False, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"user_id": "u1", "usage_type": "premium_voice", "amount": -1}, "amount"),
+        ({"user_id": "u1", "usage_type": "premium_voice"}, "amount"),
+        ({"user_id": "u1", "usage_type": "premium_voice", "amount": 1, "reservation": {"id": "x", "ttl_seconds": 0}},
+         "reservation.ttl_seconds"),
+        ({"user_id": "u1", "usage_type": "premium_voice", "amount": 1, "reservation": {"id": "x", "ttl_seconds": 604801}},
+         "reservation.ttl_seconds"),
+        ({"user_id": "u1", "usage_type": "premium_voice", "amount": 1, "reservation": {"ttl_seconds": 5}},
+         "reservation.id"),
+        ({"user_id": "x" * 256, "usage_type": "premium_voice", "amount": 1}, "user_id"),
+    ],
+)
+def test_bad_check_requests(body, field):
+    from tests.support.lambda_events import call, http_event
+
+    status, got = call("check", http_event("POST", "/v1/check", body))
+    assert status == 400 and got["error"]["code"] == "validation_error"
+    assert field in got["error"]["message"]
+
+
+def test_unknown_usage_type_on_check():
+    status, body = api.check("u1", "nope", 1)
+    assert status == 400 and body["error"] == {"code": "unknown_usage_type", "message": "usage_type: unknown usage type 'nope'"}

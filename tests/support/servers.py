@@ -45,9 +45,13 @@ def _redis_base(state_dir: Path) -> str:
 
 
 def prepare_services(worker: int, state_dir: Path) -> dict[str, str]:
-    """A fresh database `metering_test_<worker>` at the latest schema, and Redis db 1 + worker."""
+    """A fresh database at the latest schema and a Redis db of this worker's own.
+
+    METERING_TEST_SLOT (0-4) separates test runs that share one machine's servers at once.
+    """
+    slot = int(os.environ.get("METERING_TEST_SLOT", "0"))
     admin = _admin_url(state_dir)
-    name = f"metering_test_{worker}"
+    name = f"metering_test_s{slot}_{worker}"
     engine = create_engine(admin, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -60,10 +64,11 @@ def prepare_services(worker: int, state_dir: Path) -> dict[str, str]:
     upgrade_to_head(database_url)
 
     base = _redis_base(state_dir)
+    db = 1 + slot * 3 + worker  # Redis has 16 dbs: slots 0-4 with up to 3 workers each
     if base.startswith("unix://"):
-        redis_url = f"{base.split('?')[0]}?db={1 + worker}"
+        redis_url = f"{base.split('?')[0]}?db={db}"
     else:
-        redis_url = f"{base.rsplit('/', 1)[0]}/{1 + worker}"
+        redis_url = f"{base.rsplit('/', 1)[0]}/{db}"
     return {"database_url": database_url, "redis_url": redis_url}
 
 

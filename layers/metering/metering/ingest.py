@@ -23,7 +23,6 @@ from metering.errors import BadInput, MeteringError, PayloadTooLarge
 from metering.observability import Metric, count, logger
 from metering.services.record import Outcome, record_many
 
-
 NOT_JSON = object()  # stands for a queue message whose body is not JSON at all
 
 
@@ -64,7 +63,7 @@ def batch_results(items: list[dict[str, Any]]) -> BatchResponse:
         results.append(
             BatchResult(
                 event_id=outcome.event_id,
-                status=outcome.status,  # type: ignore[arg-type]
+                status=outcome.status,
                 breakdown=BreakdownOut(**response.breakdown.model_dump()) if response else None,
                 error=ErrorOut(code=error.code, message=error.message) if error else None,
             )
@@ -100,7 +99,9 @@ def process_queue_batch(event: dict[str, Any]) -> dict[str, Any]:
         if outcome.retryable:
             failures.append(rec["messageId"])
         elif outcome.error is not None:
-            dead.append(DeadLetter(rec["messageId"], rec.get("body") or "", outcome.error.code, outcome.error.message))
+            dead.append(
+                DeadLetter(rec["messageId"], rec.get("body") or "", outcome.error.code, outcome.error.message)
+            )
 
     failures += dead_letter(dead)
     return {"batchItemFailures": [{"itemIdentifier": m} for m in failures]}

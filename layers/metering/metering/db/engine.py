@@ -37,7 +37,9 @@ def database_url(settings: Settings) -> str | URL:
             port=settings.db_port,
             database=settings.db_name,
         )
-    raise ConfigurationError("no database configured: set DATABASE_URL, or DB_HOST with DB_IAM_AUTH/DB_SECRET_ARN")
+    raise ConfigurationError(
+        "no database configured: set DATABASE_URL, or DB_HOST with DB_IAM_AUTH/DB_SECRET_ARN"
+    )
 
 
 def build_engine(settings: Settings) -> Engine:
@@ -160,6 +162,8 @@ def run_in_transaction[T](work: Callable[[Connection], T], *, attempts: int = 3)
         try:
             with transaction() as conn:
                 return work(conn)
+        except OSError as error:  # a socket timeout: the server is too slow or gone; don't pile on
+            raise Unavailable("database did not answer in time, retry later") from error
         except exc.DBAPIError as error:
             retryable = _is_disconnect(error) or sqlstate(error) in RETRYABLE_SQLSTATES
             if not retryable or attempt == attempts:

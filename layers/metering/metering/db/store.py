@@ -215,7 +215,7 @@ def post_entry(
             "ref": ref,
         },
     ).one()
-    if (rollover or purchased) and row.balances != 1 or used and row.counters != 1:
+    if ((rollover or purchased) and row.balances != 1) or (used and row.counters != 1):
         raise RuntimeError(f"post_entry({user_id}, {usage_type}) found no row to change: lock_pools first")
 
 

@@ -25,7 +25,8 @@ _BALANCES_SQL = text(
         WHERE account IN ('rollover', 'purchased') AND (CAST(:u AS text) IS NULL OR user_id = :u)
         GROUP BY user_id, usage_type
     )
-    SELECT coalesce(b.user_id, j.user_id) AS user_id, coalesce(b.usage_type, j.usage_type) AS usage_type,
+    SELECT coalesce(b.user_id, j.user_id) AS user_id,
+           coalesce(b.usage_type, j.usage_type) AS usage_type,
            coalesce(b.rollover, 0) AS rollover, coalesce(j.rollover, 0) AS journal_rollover,
            coalesce(b.purchased, 0) AS purchased, coalesce(j.purchased, 0) AS journal_purchased
     FROM (SELECT * FROM balances WHERE CAST(:u AS text) IS NULL OR user_id = :u) b
@@ -54,7 +55,8 @@ _COUNTERS_SQL = text(
         UNION SELECT period_id, usage_type FROM e
     )
     SELECT s.user_id, s.period_start, k.usage_type,
-           coalesce(c.used, 0) AS used, coalesce(j.used, 0) AS journal_used, coalesce(e.used, 0) AS events_used
+           coalesce(c.used, 0) AS used, coalesce(j.used, 0) AS journal_used,
+           coalesce(e.used, 0) AS events_used
     FROM k JOIN scope s USING (period_id)
     LEFT JOIN c USING (period_id, usage_type)
     LEFT JOIN j USING (period_id, usage_type)

@@ -7,7 +7,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Connection, exc, text
 
@@ -27,7 +27,7 @@ class Outcome:
     """What happened to one event: recorded, duplicate, or rejected with an error."""
 
     event_id: str | None
-    status: str
+    status: Literal["recorded", "duplicate", "rejected"]
     response: UsageResponse | None = None
     error: MeteringError | None = None
 
@@ -204,8 +204,12 @@ def record_many(events: list[UsageRequest], now: datetime | None = None) -> list
     outcomes: list[Outcome | None] = [None] * len(events)
     for indexes in by_user.values():
         group = [events[i] for i in indexes]
+
+        def apply_group(conn: Connection, group: list[UsageRequest] = group) -> list[Outcome]:
+            return [_attempt(conn, event, now) for event in group]
+
         try:
-            results = run_in_transaction(lambda conn, group=group: [_attempt(conn, e, now) for e in group])
+            results = run_in_transaction(apply_group)
         except exc.DBAPIError:
             results = [_alone(event, now) for event in group]
         except MeteringError as error:  # the database is unavailable: every event may be retried
@@ -223,7 +227,9 @@ def _alone(event: UsageRequest, now: datetime) -> Outcome:
         return run_in_transaction(lambda conn: _attempt(conn, event, now))
     except exc.DBAPIError as error:
         if sqlstate(error) == "22003":  # numeric_value_out_of_range: a total would overflow
-            return Outcome(event.event_id, "rejected", error=AmountOutOfRange("amount: a total would overflow"))
+            return Outcome(
+                event.event_id, "rejected", error=AmountOutOfRange("amount: a total would overflow")
+            )
         logger.exception("recording failed", extra={"event_id": event.event_id})
         return Outcome(event.event_id, "rejected", error=InternalError("internal error; retry the event"))
     except MeteringError as error:

@@ -1,0 +1,123 @@
+"""Several warm containers at once: reservations never over-grant, records serialize per user and
+never lose or double-apply an update, redelivery storms apply each event once, and different
+users never wait for each other."""
+
+import os
+import random
+import time
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.support.containers import check_and_reserve, record_events, run_containers
+from tests.support.state import assert_reconciled, query, subscribe, use_test_catalog
+
+pytestmark = pytest.mark.xdist_group("concurrency")
+
+
+@pytest.fixture(autouse=True)
+def catalog(clean):
+    use_test_catalog()
+
+
+def test_concurrent_check_and_reserve_never_grants_more_than_available():
+    subscribe("u1", "basic")  # premium_voice: 5,000 available
+    containers = 6
+    granted = run_containers(
+        check_and_reserve, [("u1", "premium_voice", 700, [f"c{c}-r{i}" for i in range(4)]) for c in range(containers)]
+    )
+    total = sum(700 for per_container in granted for ok in per_container if ok)
+    # 24 requests of 700 against 5,000: exactly 7 fit
+    assert total == 4900
+
+
+def test_concurrent_records_for_one_user_end_where_the_sequential_sum_says():
+    subscribe("hot", "basic")  # 5,000 allowance
+    from tests.support import api
+
+    api.adjust("hot", "r", "premium_voice", "rollover", 1000)
+    api.adjust("hot", "p", "premium_voice", "purchased", 2000)
+    rng = random.Random(7)
+    events = [{"event_id": f"e{i}", "user_id": "hot", "usage_type": "premium_voice", "amount": rng.randint(1, 200)}
+              for i in range(240)]
+    total = sum(e["amount"] for e in events)
+    assert total > 8000  # crosses allowance, rollover and purchased into debt
+    results = run_containers(record_events, [(events[c::4],) for c in range(4)])
+
+    statuses = [status for per in results for status, _ in per]
+    assert statuses == [201] * len(events)
+    breakdowns = [body["breakdown"] for per in results for _, body in per]
+    assert sum(b["from_subscription"] for b in breakdowns) == 5000
+    assert sum(b["from_rollover"] for b in breakdowns) == 1000
+    assert sum(b["from_purchased"] for b in breakdowns) == 2000
+    assert sum(b["overflow_to_debt"] for b in breakdowns) == total - 8000
+    (row,) = query("SELECT rollover, purchased FROM balances WHERE user_id = 'hot' AND usage_type = 'premium_voice'")
+    assert (row.rollover, row.purchased) == (-(total - 8000), 0)
+    assert query("SELECT used FROM period_usage")[0][0] == 5000
+    assert_reconciled()
+
+
+def test_a_storm_of_redelivered_event_ids_applies_each_once():
+    events = [{"event_id": f"job-{i}", "user_id": f"u{i % 3}", "usage_type": "server_kokoro", "amount": i + 1}
+              for i in range(60)]
+    deliveries = []
+    for c in range(4):
+        mine = events[:]  # every container delivers every event, in its own order
+        random.Random(c).shuffle(mine)
+        deliveries.append((mine,))
+    results = run_containers(record_events, deliveries)
+
+    created = [body["event_id"] for per in results for status, body in per if status == 201]
+    duplicates = [body for per in results for status, body in per if status == 200]
+    assert sorted(created) == sorted(e["event_id"] for e in events)
+    assert len(duplicates) == 3 * len(events) and all(d["duplicate"] for d in duplicates)
+    assert query("SELECT count(*), sum(amount) FROM usage_events")[0] == (60, sum(range(1, 61)))
+    assert query("SELECT sum(used) FROM period_usage")[0][0] == sum(range(1, 61))
+    assert_reconciled()
+
+
+def test_a_user_locked_by_a_slow_transaction_does_not_block_other_users():
+    from tests.support import api
+
+    api.record("warm-a", "a", "premium_voice", 1)
+    api.record("warm-b", "b", "premium_voice", 1)
+    engine = create_engine(os.environ["DATABASE_URL"])
+    with engine.connect() as holder:
+        holder.execute(text("SELECT * FROM balances WHERE user_id = 'a' FOR UPDATE"))  # stays open
+        # user b records at once while a's row is locked
+        assert api.record("b-1", "b", "premium_voice", 5)[0] == 201
+        # a record for user a in another container waits on the lock ...
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        results = ctx.Queue()
+        proc = ctx.Process(target=_record_one, args=(dict(os.environ), results))
+        proc.start()
+        deadline = time.monotonic() + 60
+        while not _waiting_on_a_lock() and time.monotonic() < deadline:
+            assert proc.is_alive(), f"finished without waiting: {results.get(timeout=5)}"
+        assert _waiting_on_a_lock(), "the record for user a should be waiting on a's row lock"
+        holder.rollback()
+    # ... and completes once the lock is gone
+    assert results.get(timeout=60) == 201
+    proc.join(timeout=30)
+    engine.dispose()
+    assert_reconciled()
+
+
+def _waiting_on_a_lock() -> bool:
+    # its own autocommit connection: statistics views are frozen for the length of a transaction
+    engine = create_engine(os.environ["DATABASE_URL"], isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        waiting = conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )).scalar()
+    engine.dispose()
+    return bool(waiting)
+
+
+def _record_one(env, results):
+    os.environ.update(env)
+    from tests.support import api
+
+    results.put(api.record("a-1", "a", "premium_voice", 5)[0])

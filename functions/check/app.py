@@ -6,7 +6,6 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Body
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-
 from metering.api.http import ERROR_RESPONSES, USER_ID_PATH, make_resolver
 from metering.api.models import CheckRequest, CheckResponse
 from metering.observability import logger, metrics
@@ -15,7 +14,9 @@ from metering.services import check as checks
 app = make_resolver()
 
 
-@app.post("/v1/check", summary="May this user consume this amount? Optionally hold it.", responses=ERROR_RESPONSES)
+@app.post(
+    "/v1/check", summary="May this user consume this amount? Optionally hold it.", responses=ERROR_RESPONSES
+)
 def check(request: Annotated[CheckRequest, Body()]) -> CheckResponse:
     return checks.check(request)
 

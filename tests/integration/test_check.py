@@ -30,9 +30,16 @@ def test_check_reports_every_field():
     assert status == 200
     expires_at = body["reservation"].pop("expires_at")
     assert body == {
-        "allowed": True, "user_id": "u1", "usage_type": "premium_voice", "requested": 1200,
-        "limit": 5000, "used": 4000, "reserved": 0, "available": 1200,
-        "reservation": {"id": "doc-1", "amount": 1200}, "reservations_counted": True,
+        "allowed": True,
+        "user_id": "u1",
+        "usage_type": "premium_voice",
+        "requested": 1200,
+        "limit": 5000,
+        "used": 4000,
+        "reserved": 0,
+        "available": 1200,
+        "reservation": {"id": "doc-1", "amount": 1200},
+        "reservations_counted": True,
     }
     assert expires_at.endswith(("Z", "+00:00"))
 
@@ -124,7 +131,12 @@ def test_redis_down_check_answers_from_the_database(monkeypatch):
     use_test_catalog()
     status, body = api.check("u1", "premium_voice", 5000, {"id": "new", "ttl_seconds": 60})
     assert status == 200
-    assert (body["allowed"], body["reserved"], body["reservation"], body["reservations_counted"]) == (True, 0, None, False)
+    assert (body["allowed"], body["reserved"], body["reservation"], body["reservations_counted"]) == (
+        True,
+        0,
+        None,
+        False,
+    )
     # records are unaffected
     assert api.record("e1", "u1", "premium_voice", 10)[0] == 201
     # and release says the service is unavailable rather than guessing
@@ -143,12 +155,28 @@ def test_redis_not_configured(monkeypatch):
     [
         ({"user_id": "u1", "usage_type": "premium_voice", "amount": -1}, "amount"),
         ({"user_id": "u1", "usage_type": "premium_voice"}, "amount"),
-        ({"user_id": "u1", "usage_type": "premium_voice", "amount": 1, "reservation": {"id": "x", "ttl_seconds": 0}},
-         "reservation.ttl_seconds"),
-        ({"user_id": "u1", "usage_type": "premium_voice", "amount": 1, "reservation": {"id": "x", "ttl_seconds": 604801}},
-         "reservation.ttl_seconds"),
-        ({"user_id": "u1", "usage_type": "premium_voice", "amount": 1, "reservation": {"ttl_seconds": 5}},
-         "reservation.id"),
+        (
+            {
+                "user_id": "u1",
+                "usage_type": "premium_voice",
+                "amount": 1,
+                "reservation": {"id": "x", "ttl_seconds": 0},
+            },
+            "reservation.ttl_seconds",
+        ),
+        (
+            {
+                "user_id": "u1",
+                "usage_type": "premium_voice",
+                "amount": 1,
+                "reservation": {"id": "x", "ttl_seconds": 604801},
+            },
+            "reservation.ttl_seconds",
+        ),
+        (
+            {"user_id": "u1", "usage_type": "premium_voice", "amount": 1, "reservation": {"ttl_seconds": 5}},
+            "reservation.id",
+        ),
         ({"user_id": "x" * 256, "usage_type": "premium_voice", "amount": 1}, "user_id"),
     ],
 )
@@ -162,4 +190,7 @@ def test_bad_check_requests(body, field):
 
 def test_unknown_usage_type_on_check():
     status, body = api.check("u1", "nope", 1)
-    assert status == 400 and body["error"] == {"code": "unknown_usage_type", "message": "usage_type: unknown usage type 'nope'"}
+    assert status == 400 and body["error"] == {
+        "code": "unknown_usage_type",
+        "message": "usage_type: unknown usage type 'nope'",
+    }

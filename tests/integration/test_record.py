@@ -27,13 +27,27 @@ def test_worked_example_through_the_api():
     grant("u1", "premium_voice", "rollover", 50, "adj-r")
     grant("u1", "premium_voice", "purchased", 100, "adj-p")
     # When 300 are recorded
-    status, body = api.record("job-123", "u1", "premium_voice", 300, reference_id="variant-abc",
-                              description="TTS synthesis", details={"voice_slug": "heart"})
+    status, body = api.record(
+        "job-123",
+        "u1",
+        "premium_voice",
+        300,
+        reference_id="variant-abc",
+        description="TTS synthesis",
+        details={"voice_slug": "heart"},
+    )
     # Then the breakdown and balances are exactly those of metering.md
     assert status == 201
     assert body == {
-        "event_id": "job-123", "recorded": True, "duplicate": False,
-        "breakdown": {"from_subscription": 100, "from_rollover": 50, "from_purchased": 100, "overflow_to_debt": 50},
+        "event_id": "job-123",
+        "recorded": True,
+        "duplicate": False,
+        "breakdown": {
+            "from_subscription": 100,
+            "from_rollover": 50,
+            "from_purchased": 100,
+            "overflow_to_debt": 50,
+        },
         "balance": {"used": 5000, "rollover": -50, "purchased": 0},
     }
     assert_reconciled()
@@ -55,7 +69,9 @@ def test_duplicate_replays_original_breakdown_and_changes_nothing():
 
 
 @pytest.mark.parametrize(
-    "changed", [{"user_id": "u2"}, {"usage_type": "ocr_tokens"}, {"amount": 11}], ids=["user", "type", "amount"]
+    "changed",
+    [{"user_id": "u2"}, {"usage_type": "ocr_tokens"}, {"amount": 11}],
+    ids=["user", "type", "amount"],
 )
 def test_same_event_id_with_different_payload_is_a_conflict(changed):
     assert api.record("e1", "u1", "premium_voice", 10)[0] == 201
@@ -69,9 +85,16 @@ def test_same_event_id_with_different_payload_is_a_conflict(changed):
 
 
 def test_plain_counter_records_everything_beyond_the_limit():
-    status, body = api.record("k1", "free-user", "server_kokoro", 1500, details={"voice_slug": "af", "model_slug": "k"})
+    status, body = api.record(
+        "k1", "free-user", "server_kokoro", 1500, details={"voice_slug": "af", "model_slug": "k"}
+    )
     assert status == 201
-    assert body["breakdown"] == {"from_subscription": 1500, "from_rollover": 0, "from_purchased": 0, "overflow_to_debt": 0}
+    assert body["breakdown"] == {
+        "from_subscription": 1500,
+        "from_rollover": 0,
+        "from_purchased": 0,
+        "overflow_to_debt": 0,
+    }
     assert body["balance"] == {"used": 1500, "rollover": 0, "purchased": 0}
     assert_reconciled()
 
@@ -80,7 +103,12 @@ def test_free_user_gets_a_calendar_month_allowance():
     status, body = api.record("o1", "free-user", "ocr_tokens", 80)
     assert status == 201 and body["breakdown"]["from_subscription"] == 80
     status, body = api.record("o2", "free-user", "ocr_tokens", 50)
-    assert body["breakdown"] == {"from_subscription": 20, "from_rollover": 0, "from_purchased": 0, "overflow_to_debt": 30}
+    assert body["breakdown"] == {
+        "from_subscription": 20,
+        "from_rollover": 0,
+        "from_purchased": 0,
+        "overflow_to_debt": 30,
+    }
     now = datetime.now(UTC)
     (row,) = query("SELECT period_start, period_end, plan_id, kind FROM periods WHERE user_id = 'free-user'")
     assert row.period_start == datetime(now.year, now.month, 1, tzinfo=UTC)
@@ -91,9 +119,19 @@ def test_canceled_user_spends_purchased_credit_then_goes_into_debt():
     subscribe("u1", "basic", status="canceled")
     grant("u1", "premium_voice", "purchased", 300, "buy")
     status, body = api.record("e1", "u1", "premium_voice", 250)
-    assert body["breakdown"] == {"from_subscription": 0, "from_rollover": 0, "from_purchased": 250, "overflow_to_debt": 0}
+    assert body["breakdown"] == {
+        "from_subscription": 0,
+        "from_rollover": 0,
+        "from_purchased": 250,
+        "overflow_to_debt": 0,
+    }
     status, body = api.record("e2", "u1", "premium_voice", 100)
-    assert body["breakdown"] == {"from_subscription": 0, "from_rollover": 0, "from_purchased": 50, "overflow_to_debt": 50}
+    assert body["breakdown"] == {
+        "from_subscription": 0,
+        "from_rollover": 0,
+        "from_purchased": 50,
+        "overflow_to_debt": 50,
+    }
     assert body["balance"] == {"used": 0, "rollover": -50, "purchased": 0}
     assert_reconciled()
 
@@ -115,7 +153,9 @@ def test_usage_after_period_end_goes_to_the_assumed_next_period():
     assert [(r.period_start, r.period_end, r.kind, r.plan_id) for r in rows] == [
         (ended, ended + timedelta(days=30), "assumed", "basic")
     ]
-    (event,) = query("SELECT p.kind FROM usage_events e JOIN periods p USING (period_id) WHERE event_id = 'e1'")
+    (event,) = query(
+        "SELECT p.kind FROM usage_events e JOIN periods p USING (period_id) WHERE event_id = 'e1'"
+    )
     assert event.kind == "assumed"
     # a full new allowance: the old period's usage does not count
     assert api.check("u1", "premium_voice", 4900)[1]["available"] == 4900
@@ -124,9 +164,16 @@ def test_usage_after_period_end_goes_to_the_assumed_next_period():
 def test_billing_disabled_logs_usage_but_changes_no_balance(monkeypatch):
     monkeypatch.setenv("BILLING_ENABLED", "false")
     use_test_catalog()
-    status, body = api.record("e1", "u1", "premium_voice", 700, details={"voice_slug": "a", "model_slug": "m", "duration_ms": 5})
+    status, body = api.record(
+        "e1", "u1", "premium_voice", 700, details={"voice_slug": "a", "model_slug": "m", "duration_ms": 5}
+    )
     assert status == 201
-    assert body["breakdown"] == {"from_subscription": 0, "from_rollover": 0, "from_purchased": 0, "overflow_to_debt": 0}
+    assert body["breakdown"] == {
+        "from_subscription": 0,
+        "from_rollover": 0,
+        "from_purchased": 0,
+        "overflow_to_debt": 0,
+    }
     assert body["balance"] == {"used": 0, "rollover": 0, "purchased": 0}
     (stats,) = query("SELECT total, events FROM lifetime_stats WHERE user_id = 'u1'")
     assert (stats.total, stats.events) == (700, 1)
@@ -134,7 +181,9 @@ def test_billing_disabled_logs_usage_but_changes_no_balance(monkeypatch):
 
 
 def test_lifetime_stats_accumulate_per_group_with_measures_and_latest_label():
-    for i, (voice, name, ms) in enumerate([("heart", "Heart", 1000), ("heart", None, 500), ("bella", "Bella", 7)]):
+    for i, (voice, name, ms) in enumerate(
+        [("heart", "Heart", 1000), ("heart", None, 500), ("bella", "Bella", 7)]
+    ):
         details = {"voice_slug": voice, "model_slug": "m1", "duration_ms": ms}
         if name:
             details["voice_name"] = name
@@ -154,18 +203,66 @@ def test_lifetime_stats_accumulate_per_group_with_measures_and_latest_label():
     ("body", "status", "code", "field"),
     [
         ({"user_id": "u1", "usage_type": "premium_voice", "amount": 1}, 400, "validation_error", "event_id"),
-        ({"event_id": "e", "user_id": "u1", "usage_type": "premium_voice", "amount": 0}, 400, "validation_error", "amount"),
-        ({"event_id": "e", "user_id": "u1", "usage_type": "premium_voice", "amount": "5"}, 400, "validation_error", "amount"),
-        ({"event_id": "e", "user_id": "u1", "usage_type": "premium_voice", "amount": 1.5}, 400, "validation_error", "amount"),
-        ({"event_id": "e", "user_id": "u1", "usage_type": "premium_voice", "amount": 2**63}, 400, "validation_error", "amount"),
-        ({"event_id": "e", "user_id": "", "usage_type": "premium_voice", "amount": 1}, 400, "validation_error", "user_id"),
-        ({"event_id": "e", "user_id": "u1", "usage_type": "nope", "amount": 1}, 400, "unknown_usage_type", "usage_type"),
-        ({"event_id": "e", "user_id": "u1", "usage_type": "premium_voice", "amount": 1, "details": {"x": "y" * 9000}},
-         413, "payload_too_large", "details"),
-        ({"event_id": "e", "user_id": "u1", "usage_type": "premium_voice", "amount": 1, "details": [1]},
-         400, "validation_error", "details"),
-        ({"event_id": "e", "user_id": "u1", "usage_type": "premium_voice", "amount": 1, "extra": 1},
-         400, "validation_error", "extra"),
+        (
+            {"event_id": "e", "user_id": "u1", "usage_type": "premium_voice", "amount": 0},
+            400,
+            "validation_error",
+            "amount",
+        ),
+        (
+            {"event_id": "e", "user_id": "u1", "usage_type": "premium_voice", "amount": "5"},
+            400,
+            "validation_error",
+            "amount",
+        ),
+        (
+            {"event_id": "e", "user_id": "u1", "usage_type": "premium_voice", "amount": 1.5},
+            400,
+            "validation_error",
+            "amount",
+        ),
+        (
+            {"event_id": "e", "user_id": "u1", "usage_type": "premium_voice", "amount": 2**63},
+            400,
+            "validation_error",
+            "amount",
+        ),
+        (
+            {"event_id": "e", "user_id": "", "usage_type": "premium_voice", "amount": 1},
+            400,
+            "validation_error",
+            "user_id",
+        ),
+        (
+            {"event_id": "e", "user_id": "u1", "usage_type": "nope", "amount": 1},
+            400,
+            "unknown_usage_type",
+            "usage_type",
+        ),
+        (
+            {
+                "event_id": "e",
+                "user_id": "u1",
+                "usage_type": "premium_voice",
+                "amount": 1,
+                "details": {"x": "y" * 9000},
+            },
+            413,
+            "payload_too_large",
+            "details",
+        ),
+        (
+            {"event_id": "e", "user_id": "u1", "usage_type": "premium_voice", "amount": 1, "details": [1]},
+            400,
+            "validation_error",
+            "details",
+        ),
+        (
+            {"event_id": "e", "user_id": "u1", "usage_type": "premium_voice", "amount": 1, "extra": 1},
+            400,
+            "validation_error",
+            "extra",
+        ),
     ],
 )
 def test_bad_input_is_a_4xx_naming_the_field_and_writes_nothing(body, status, code, field):
@@ -189,8 +286,12 @@ def test_body_that_is_not_json_is_a_400():
 def test_base64_body_is_decoded():
     from tests.support.lambda_events import call, http_event
 
-    event = http_event("POST", "/v1/usage", {"event_id": "b64", "user_id": "u1", "usage_type": "server_kokoro",
-                                             "amount": 3}, base64_body=True)
+    event = http_event(
+        "POST",
+        "/v1/usage",
+        {"event_id": "b64", "user_id": "u1", "usage_type": "server_kokoro", "amount": 3},
+        base64_body=True,
+    )
     assert call("record", event)[0] == 201
 
 

@@ -7,7 +7,9 @@ from typing import Any
 from tests.support.lambda_events import call, http_event
 
 
-def check(user_id: str, usage_type: str, amount: int, reservation: dict[str, Any] | None = None) -> tuple[int, Any]:
+def check(
+    user_id: str, usage_type: str, amount: int, reservation: dict[str, Any] | None = None
+) -> tuple[int, Any]:
     body: dict[str, Any] = {"user_id": user_id, "usage_type": usage_type, "amount": amount}
     if reservation is not None:
         body["reservation"] = reservation
@@ -39,9 +41,17 @@ def batch(events: list[Any]) -> tuple[int, Any]:
 def adjust(
     user_id: str, adjustment_id: str, usage_type: str, pool: str, delta: int, reason: str = "support grant"
 ) -> tuple[int, Any]:
-    body = {"adjustment_id": adjustment_id, "usage_type": usage_type, "pool": pool, "delta": delta, "reason": reason}
+    body = {
+        "adjustment_id": adjustment_id,
+        "usage_type": usage_type,
+        "pool": pool,
+        "delta": delta,
+        "reason": reason,
+    }
     path = f"/v1/users/{user_id}/adjustments"
     return call(
         "record",
-        http_event("POST", path, body, route="/v1/users/{user_id}/adjustments", path_parameters={"user_id": user_id}),
+        http_event(
+            "POST", path, body, route="/v1/users/{user_id}/adjustments", path_parameters={"user_id": user_id}
+        ),
     )

@@ -47,8 +47,13 @@ def http_event(
         "apiId": "api",
         "domainName": "api.example.com",
         "domainPrefix": "api",
-        "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
-                 "userAgent": "pytest"},
+        "http": {
+            "method": method,
+            "path": path,
+            "protocol": "HTTP/1.1",
+            "sourceIp": "127.0.0.1",
+            "userAgent": "pytest",
+        },
         "requestId": str(uuid.uuid4()),
         "routeKey": f"{method} {route or path}",
         "stage": "$default",
@@ -58,7 +63,9 @@ def http_event(
     if jwt_sub is not None:
         request_context["authorizer"] = {"jwt": {"claims": {"sub": jwt_sub}, "scopes": None}}
     elif iam and not path.startswith("/v1/me"):
-        request_context["authorizer"] = {"iam": {"accountId": "123456789012", "userArn": "arn:aws:iam::123456789012:user/product"}}
+        request_context["authorizer"] = {
+            "iam": {"accountId": "123456789012", "userArn": "arn:aws:iam::123456789012:user/product"}
+        }
     event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": f"{method} {route or path}",

@@ -50,8 +50,16 @@ def subscribe(
                     current_period_end = excluded.current_period_end
                 """
             ),
-            {"s": subscription_id, "u": user_id, "c": f"cus_{user_id}", "price": f"price_{plan_id}",
-             "plan": plan_id, "status": status, "start": start, "end": end},
+            {
+                "s": subscription_id,
+                "u": user_id,
+                "c": f"cus_{user_id}",
+                "price": f"price_{plan_id}",
+                "plan": plan_id,
+                "status": status,
+                "start": start,
+                "end": end,
+            },
         )
         conn.execute(
             text(

@@ -3,14 +3,15 @@
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from metering.domain.ledger import Breakdown, allowed, available, rollover_after_renewal, waterfall
 
 
 def test_worked_example_of_metering_md():
     # limit 5,000; used 4,900; rollover 50; purchased 100; record 300
     split = waterfall(300, limit=5000, used=4900, rollover=50, purchased=100, pools=True)
-    assert split == Breakdown(from_subscription=100, from_rollover=50, from_purchased=100, overflow_to_debt=50)
+    assert split == Breakdown(
+        from_subscription=100, from_rollover=50, from_purchased=100, overflow_to_debt=50
+    )
 
 
 @pytest.mark.parametrize(
@@ -28,7 +29,12 @@ def test_worked_example_of_metering_md():
 )
 def test_waterfall_branches(amount, limit, used, rollover, purchased, expected):
     split = waterfall(amount, limit=limit, used=used, rollover=rollover, purchased=purchased, pools=True)
-    assert (split.from_subscription, split.from_rollover, split.from_purchased, split.overflow_to_debt) == expected
+    assert (
+        split.from_subscription,
+        split.from_rollover,
+        split.from_purchased,
+        split.overflow_to_debt,
+    ) == expected
 
 
 def test_plain_counter_takes_whole_amount_even_over_limit():
@@ -46,7 +52,9 @@ def test_plain_counter_takes_whole_amount_even_over_limit():
 def test_waterfall_conserves_amount_and_never_overdraws(amount, limit, used, rollover, purchased):
     split = waterfall(amount, limit=limit, used=used, rollover=rollover, purchased=purchased, pools=True)
     assert split.total == amount
-    assert min(split.from_subscription, split.from_rollover, split.from_purchased, split.overflow_to_debt) >= 0
+    assert (
+        min(split.from_subscription, split.from_rollover, split.from_purchased, split.overflow_to_debt) >= 0
+    )
     assert split.from_rollover <= max(0, rollover)
     assert split.from_purchased <= purchased
     if limit is not None:

@@ -3,7 +3,6 @@
 from datetime import UTC, datetime
 
 import pytest
-
 from metering.domain.periods import (
     SubscriptionState,
     add_months,
@@ -49,7 +48,12 @@ def test_next_period_keeps_interval_and_anchor(start, end, anchor, expected):
 
 def test_entitled_subscription_period():
     spec = resolve_period(sub(), dt(2026, 2, 10), "free")
-    assert (spec.start, spec.end, spec.plan_id, spec.kind) == (dt(2026, 1, 31, 10), dt(2026, 2, 28, 10), "plus", "subscription")
+    assert (spec.start, spec.end, spec.plan_id, spec.kind) == (
+        dt(2026, 1, 31, 10),
+        dt(2026, 2, 28, 10),
+        "plus",
+        "subscription",
+    )
 
 
 def test_late_renewal_assumes_the_next_period_from_the_boundary():
@@ -63,7 +67,12 @@ def test_late_renewal_assumes_the_next_period_from_the_boundary():
 @pytest.mark.parametrize("status", ["canceled", "incomplete", "paused", "incomplete_expired"])
 def test_not_entitled_falls_back_to_free_calendar_month(status):
     spec = resolve_period(sub(status=status), dt(2026, 2, 10), "free")
-    assert (spec.start, spec.end, spec.plan_id, spec.kind) == (dt(2026, 2, 1), dt(2026, 3, 1), "free", "calendar")
+    assert (spec.start, spec.end, spec.plan_id, spec.kind) == (
+        dt(2026, 2, 1),
+        dt(2026, 3, 1),
+        "free",
+        "calendar",
+    )
 
 
 @pytest.mark.parametrize("status", ["active", "trialing", "past_due"])

@@ -15,7 +15,10 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("metering.db.migrate", "bring the database at DATABASE_URL to the latest schema"),
     "reconcile": ("metering.services.reconcile", "check that balances and counters equal their journal"),
-    "invoke": ("metering.devtools.invoke", "run one handler on one event file (Docker-free sam local invoke)"),
+    "invoke": (
+        "metering.devtools.invoke",
+        "run one handler on one event file (Docker-free sam local invoke)",
+    ),
     "dev": ("metering.devtools.devserver", "serve every route of template.yaml on 127.0.0.1:3000"),
     "openapi": ("metering.api.openapi", "print the HTTP API's OpenAPI document"),
 }

@@ -166,4 +166,6 @@ def settle(user_id: str, reservation_id: str) -> None:
     try:
         release(user_id, reservation_id)
     except ReservationsUnavailable as error:
-        logger.warning("could not settle reservation", extra={"reservation_id": reservation_id, "error": str(error)})
+        logger.warning(
+            "could not settle reservation", extra={"reservation_id": reservation_id, "error": str(error)}
+        )

@@ -42,7 +42,9 @@ def error_response(status: int, code: str, message: str) -> Response[dict[str, A
 
 def created_or_replayed[M](model: M, *, applied: bool) -> Response[M]:
     """201 for a state change just applied, 200 for the replay of one applied before."""
-    return Response(status_code=201 if applied else 200, content_type=content_types.APPLICATION_JSON, body=model)
+    return Response(
+        status_code=201 if applied else 200, content_type=content_types.APPLICATION_JSON, body=model
+    )
 
 
 def describe_validation_errors(errors: Any) -> tuple[int, str, str]:

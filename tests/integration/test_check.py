@@ -110,8 +110,8 @@ def test_reservation_expires(services):
     client = redis.Redis.from_url(services["redis_url"])
     (key,) = client.keys("metering:resv:*")
     value = client.hget(key, "short").decode()
-    usage_type, amount, _ = value.split("|")
-    client.hset(key, "short", f"{usage_type}|{amount}|{int(time.time() * 1000) - 1}")
+    usage_type, amount, _, settled = value.split("|")
+    client.hset(key, "short", f"{usage_type}|{amount}|{int(time.time() * 1000) - 1}|{settled}")
     body = api.check("u1", "premium_voice", 5000)[1]
     assert (body["reserved"], body["allowed"]) == (0, True)
     assert api.release("u1", "short")[0] == 404
@@ -194,3 +194,44 @@ def test_unknown_usage_type_on_check():
         "code": "unknown_usage_type",
         "message": "usage_type: unknown usage type 'nope'",
     }
+
+
+def test_a_settled_hold_counts_exactly_for_checks_that_read_the_database_before_the_record():
+    """The interleaving check-reads-db, record-commits-and-settles, check-runs-script must count the
+    held units once: not twice (hold + usage) and not zero times (neither)."""
+    from datetime import UTC, datetime
+
+    from metering import reservations
+    from metering.db.engine import connect
+    from metering.db.store import load_state
+
+    subscribe("u1", "basic")  # 5,000
+    api.check("u1", "premium_voice", 2000, {"id": "doc", "ttl_seconds": 60})
+    with connect() as conn:
+        stale = load_state(conn, "u1", "premium_voice", datetime.now(UTC))
+    assert api.record("e1", "u1", "premium_voice", 2000, reservation_id="doc")[0] == 201
+    with connect() as conn:
+        fresh = load_state(conn, "u1", "premium_voice", datetime.now(UTC))
+    assert fresh.version > stale.version
+
+    def script(available, version):
+        return reservations.check_and_hold(
+            "u1",
+            "premium_voice",
+            amount=3001,
+            available=available,
+            db_version=version,
+            reservation_id=None,
+            ttl_seconds=1,
+        )
+
+    # a check whose database read predates the record: 5,000 left there, the hold still counts
+    late = script(5000, stale.version)
+    assert (late.reserved, late.allowed) == (2000, False)
+    # a check that sees the usage: 3,000 left, the hold no longer counts
+    current = script(3000, fresh.version)
+    assert (current.reserved, current.allowed) == (0, False)
+    assert script(3000, fresh.version).reserved == 0
+    assert api.check("u1", "premium_voice", 3000)[1]["allowed"] is True
+    # a settled hold is not live: it cannot be released
+    assert api.release("u1", "doc")[0] == 404

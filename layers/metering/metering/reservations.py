@@ -23,26 +23,44 @@ from metering.observability import Metric, count, logger
 if TYPE_CHECKING:
     import redis
 
+# A hold is stored as "usage_type|amount|expires_ms|settled_version". A record that names a hold
+# does not delete it: after committing it marks the hold settled with the balances version that
+# includes its usage and keeps it for SETTLED_KEEP_MS. A check passes the version its database read
+# included: a settled hold still counts for a check whose read predates the record's commit, and no
+# longer counts for one that already sees the usage. So no check ever counts the same units twice or
+# not at all, however a record and a check interleave.
+_PARSE_LUA = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function parse(value)
+  local rtype, ramount, rexp, settled = string.match(value, '^(.*)|(%d+)|(%d+)|(%d*)$')
+  return rtype, tonumber(ramount), tonumber(rexp), tonumber(settled)
+end
+"""
+
 # KEYS[1]: the user's reservation hash.
-# ARGV: usage_type, reservation_id ('' = none), amount, ttl_ms, available ('' = unlimited;
-# may be negative when debt exceeds the allowance).
+# ARGV: usage_type, reservation_id ('' = none), amount, ttl_ms, available ('' = unlimited; may be
+# negative when debt exceeds the allowance), db_version.
 # Returns {allowed 0/1, reserved by others, expires_at_ms or 0}.
-_CHECK_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_CHECK_LUA = (
+    _PARSE_LUA
+    + """
+local now = now_ms()
 local usage_type, rid = ARGV[1], ARGV[2]
-local amount, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+local amount, ttl, db_version = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6])
 local entries = redis.call('HGETALL', KEYS[1])
 local reserved, latest = 0, 0
 for i = 1, #entries, 2 do
-  local id, value = entries[i], entries[i + 1]
-  local rtype, ramount, rexp = string.match(value, '^(.*)|(%d+)|(%d+)$')
-  rexp = tonumber(rexp)
+  local id = entries[i]
+  local rtype, ramount, rexp, settled = parse(entries[i + 1])
   if rexp <= now then
     redis.call('HDEL', KEYS[1], id)
   else
     if rexp > latest then latest = rexp end
-    if rtype == usage_type and id ~= rid then reserved = reserved + tonumber(ramount) end
+    local counts = (settled == nil and id ~= rid) or (settled ~= nil and settled > db_version)
+    if rtype == usage_type and counts then reserved = reserved + ramount end
   end
 end
 local allowed = 1
@@ -54,24 +72,44 @@ end
 local expires = 0
 if allowed == 1 and rid ~= '' then
   expires = now + ttl
-  redis.call('HSET', KEYS[1], rid, usage_type .. '|' .. ARGV[3] .. '|' .. expires)
+  redis.call('HSET', KEYS[1], rid, usage_type .. '|' .. ARGV[3] .. '|' .. expires .. '|')
   if expires > latest then latest = expires end
 end
 if latest > 0 then redis.call('PEXPIREAT', KEYS[1], latest) end
 return {allowed, reserved, expires}
 """
+)
 
 # KEYS[1]: the user's reservation hash; ARGV[1]: reservation id. Returns 1 if a live hold was removed.
-_RELEASE_LUA = """
+_RELEASE_LUA = (
+    _PARSE_LUA
+    + """
 local value = redis.call('HGET', KEYS[1], ARGV[1])
 if not value then return 0 end
+local _, _, rexp, settled = parse(value)
+if settled ~= nil then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rexp = tonumber(string.match(value, '|(%d+)$'))
-if rexp <= now then return 0 end
+if rexp <= now_ms() then return 0 end
 return 1
 """
+)
+
+# KEYS[1]: the user's reservation hash; ARGV: reservation id, balances version, keep_ms.
+_SETTLE_LUA = (
+    _PARSE_LUA
+    + """
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return 0 end
+local rtype, ramount, rexp, settled = parse(value)
+if settled ~= nil then return 0 end
+local keep = now_ms() + tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], rtype .. '|' .. ramount .. '|' .. keep .. '|' .. ARGV[2])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIREAT', KEYS[1], keep) end
+return 1
+"""
+)
+
+SETTLED_KEEP_MS = 60_000  # far longer than any check takes between its database read and Redis
 
 
 class ReservationsUnavailable(Exception):
@@ -91,7 +129,7 @@ def key(user_id: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _client() -> tuple[redis.Redis, Any, Any] | None:
+def _client() -> tuple[redis.Redis, Any, Any, Any] | None:
     url = get_settings().redis_url
     if not url:
         return None
@@ -101,11 +139,23 @@ def _client() -> tuple[redis.Redis, Any, Any] | None:
     client = redis.Redis.from_url(
         url, socket_connect_timeout=timeout, socket_timeout=timeout, health_check_interval=30
     )
-    return client, client.register_script(_CHECK_LUA), client.register_script(_RELEASE_LUA)
+    return (
+        client,
+        client.register_script(_CHECK_LUA),
+        client.register_script(_RELEASE_LUA),
+        client.register_script(_SETTLE_LUA),
+    )
 
 
 def reset_client() -> None:
     _client.cache_clear()
+
+
+def _scripts() -> tuple[redis.Redis, Any, Any, Any]:
+    client = _client()
+    if client is None:
+        raise ReservationsUnavailable("REDIS_URL is not set")
+    return client
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
@@ -120,14 +170,14 @@ def check_and_hold(
     *,
     amount: int,
     available: int | None,
+    db_version: int,
     reservation_id: str | None,
     ttl_seconds: int,
 ) -> Hold:
-    """Count the other live holds and, when `amount` fits, place (or replace) this one."""
-    client = _client()
-    if client is None:
-        raise ReservationsUnavailable("REDIS_URL is not set")
-    _, check_script, _ = client
+    """Count the other live holds and, when `amount` fits, place (or replace) this one.
+
+    `available` and `db_version` come from one read of the database (before holds)."""
+    check_script = _scripts()[1]
     try:
         allowed, reserved, expires = check_script(
             keys=[key(user_id)],
@@ -137,6 +187,7 @@ def check_and_hold(
                 amount,
                 ttl_seconds * 1000,
                 "" if available is None else available,
+                db_version,
             ],
         )
     except _redis_errors() as error:
@@ -149,10 +200,7 @@ def check_and_hold(
 
 def release(user_id: str, reservation_id: str) -> bool:
     """Remove a hold; True when it was live."""
-    client = _client()
-    if client is None:
-        raise ReservationsUnavailable("REDIS_URL is not set")
-    _, _, release_script = client
+    release_script = _scripts()[2]
     try:
         return bool(release_script(keys=[key(user_id)], args=[reservation_id]))
     except _redis_errors() as error:
@@ -160,12 +208,14 @@ def release(user_id: str, reservation_id: str) -> bool:
         raise ReservationsUnavailable(str(error)) from error
 
 
-def settle(user_id: str, reservation_id: str) -> None:
-    """After a record committed: drop its hold. Best effort, since an unreleased hold only makes
-    checks stricter until its TTL, and the usage itself is already safely recorded."""
+def settle(user_id: str, reservation_id: str, version: int) -> None:
+    """After a record committed: mark its hold settled by balances `version` (see above).
+
+    Best effort: a hold left unsettled only makes checks stricter until its TTL, and the usage
+    itself is already safely recorded."""
     try:
-        release(user_id, reservation_id)
-    except ReservationsUnavailable as error:
+        _scripts()[3](keys=[key(user_id)], args=[reservation_id, version, SETTLED_KEEP_MS])
+    except (ReservationsUnavailable, *_redis_errors()) as error:
         logger.warning(
             "could not settle reservation", extra={"reservation_id": reservation_id, "error": str(error)}
         )

@@ -33,6 +33,7 @@ class UserState:
     subscription: SubscriptionState | None
     rollover: int
     purchased: int
+    version: int  # of the balances row: which committed changes this read includes
     periods: dict[datetime, tuple[PeriodRow, int]]  # period_start -> (row, used of the usage type)
 
     def period(self, spec: PeriodSpec) -> tuple[PeriodRow | None, int]:
@@ -43,7 +44,7 @@ class UserState:
 _STATE_SQL = text(
     """
     SELECT s.subscription_id, s.plan_id, s.status, s.current_period_start, s.current_period_end,
-           s.billing_cycle_anchor, b.rollover, b.purchased,
+           s.billing_cycle_anchor, b.rollover, b.purchased, b.version,
            p.period_id, p.period_start, p.period_end, p.plan_id AS period_plan, u.used
     FROM (SELECT CAST(:u AS text) AS user_id) k
     LEFT JOIN accounts a ON a.user_id = k.user_id
@@ -80,6 +81,7 @@ def load_state(conn: Connection, user_id: str, usage_type: str, now: datetime) -
         subscription=subscription_state(first),
         rollover=first.rollover or 0,
         purchased=first.purchased or 0,
+        version=first.version or 0,
         periods=periods,
     )
 
@@ -122,15 +124,15 @@ def ensure_period(conn: Connection, user_id: str, spec: PeriodSpec) -> PeriodRow
 _LOCK_SQL = text(
     """
     WITH b AS (
-        INSERT INTO balances (user_id, usage_type) VALUES (:u, :t)
-        ON CONFLICT (user_id, usage_type) DO UPDATE SET updated_at = now()
-        RETURNING rollover, purchased
+        INSERT INTO balances (user_id, usage_type, version) VALUES (:u, :t, 1)
+        ON CONFLICT (user_id, usage_type) DO UPDATE SET updated_at = now(), version = balances.version + 1
+        RETURNING rollover, purchased, version
     ), c AS (
         INSERT INTO period_usage (period_id, usage_type) VALUES (:p, :t)
         ON CONFLICT (period_id, usage_type) DO UPDATE SET used = period_usage.used
         RETURNING used
     )
-    SELECT b.rollover, b.purchased, c.used FROM b, c
+    SELECT b.rollover, b.purchased, b.version, c.used FROM b, c
     """
 )
 
@@ -140,6 +142,7 @@ class Pools:
     used: int
     rollover: int
     purchased: int
+    version: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {"used": self.used, "rollover": self.rollover, "purchased": self.purchased}
@@ -152,7 +155,7 @@ def lock_pools(conn: Connection, user_id: str, usage_type: str, period_id: UUID)
     committed version after waiting for any concurrent holder: no stale read after the wait.
     """
     row = conn.execute(_LOCK_SQL, {"u": user_id, "t": usage_type, "p": period_id}).one()
-    return Pools(used=row.used, rollover=row.rollover, purchased=row.purchased)
+    return Pools(used=row.used, rollover=row.rollover, purchased=row.purchased, version=row.version)
 
 
 _POST_SQL = text(

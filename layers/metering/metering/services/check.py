@@ -34,6 +34,7 @@ def check(request: CheckRequest, now: datetime | None = None) -> CheckResponse:
             request.usage_type,
             amount=request.amount,
             available=before_holds,
+            db_version=state.version,
             reservation_id=reservation.id if reservation else None,
             ttl_seconds=reservation.ttl_seconds if reservation else 1,
         )

@@ -30,6 +30,7 @@ class Outcome:
     status: Literal["recorded", "duplicate", "rejected"]
     response: UsageResponse | None = None
     error: MeteringError | None = None
+    version: int = 0  # of the (user, usage type) balances once this event is included
 
     @property
     def retryable(self) -> bool:
@@ -37,8 +38,9 @@ class Outcome:
 
 
 class _Duplicate(Exception):
-    def __init__(self, response: UsageResponse) -> None:
+    def __init__(self, response: UsageResponse, version: int) -> None:
         self.response = response
+        self.version = version
 
 
 _INSERT_EVENT_SQL = text(
@@ -94,7 +96,7 @@ def _response(event: UsageRequest, breakdown: Breakdown, pools: Pools, *, duplic
     )
 
 
-def _apply(conn: Connection, event: UsageRequest, m: Meter, now: datetime) -> UsageResponse:
+def _apply(conn: Connection, event: UsageRequest, m: Meter, now: datetime) -> tuple[UsageResponse, int]:
     """One event inside an open transaction. Raises _Duplicate or a MeteringError without having
     changed anything but lock bookkeeping."""
     period, pools = lock_current(conn, event.user_id, event.usage_type, now, m.catalog.free_plan.id)
@@ -143,7 +145,7 @@ def _apply(conn: Connection, event: UsageRequest, m: Meter, now: datetime) -> Us
         },
     ).first()
     if inserted is None:
-        raise _Duplicate(_original(conn, event, pools))
+        raise _Duplicate(_original(conn, event, pools), pools.version)
 
     post_entry(
         conn,
@@ -156,7 +158,7 @@ def _apply(conn: Connection, event: UsageRequest, m: Meter, now: datetime) -> Us
         rollover=-(split.from_rollover + split.overflow_to_debt),
         purchased=-split.from_purchased,
     )
-    return _response(event, split, after, duplicate=False)
+    return _response(event, split, after, duplicate=False), pools.version
 
 
 def _original(conn: Connection, event: UsageRequest, pools: Pools) -> UsageResponse:
@@ -173,10 +175,10 @@ def _original(conn: Connection, event: UsageRequest, pools: Pools) -> UsageRespo
 def _attempt(conn: Connection, event: UsageRequest, now: datetime) -> Outcome:
     """One event, turning its own domain outcome into an Outcome (the transaction goes on)."""
     try:
-        response = _apply(conn, event, meter(event.usage_type), now)
-        return Outcome(event.event_id, "recorded", response)
+        response, version = _apply(conn, event, meter(event.usage_type), now)
+        return Outcome(event.event_id, "recorded", response, version=version)
     except _Duplicate as dup:
-        return Outcome(event.event_id, "duplicate", dup.response)
+        return Outcome(event.event_id, "duplicate", dup.response, version=dup.version)
     except MeteringError as error:
         return Outcome(event.event_id, "rejected", error=error)
 
@@ -240,7 +242,7 @@ def _settle_reservations(events: list[UsageRequest], outcomes: list[Outcome | No
     # after commit: the usage is safely stored before its hold disappears
     for event, outcome in zip(events, outcomes, strict=True):
         if event.reservation_id and outcome is not None and outcome.status in ("recorded", "duplicate"):
-            reservations.settle(event.user_id, event.reservation_id)
+            reservations.settle(event.user_id, event.reservation_id, outcome.version)
 
 
 def _count(outcomes: list[Outcome | None]) -> None:

@@ -79,6 +79,9 @@ CREATE TABLE balances (
     usage_type text NOT NULL,
     rollover   bigint NOT NULL DEFAULT 0,
     purchased  bigint NOT NULL DEFAULT 0 CHECK (purchased >= 0),
+    -- bumped by every locked change; a settled reservation remembers the version that includes
+    -- its usage, so a check can tell whether the database it read already counts it
+    version    bigint NOT NULL DEFAULT 0,
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (user_id, usage_type)
 );

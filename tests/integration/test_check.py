@@ -1,6 +1,7 @@
 """POST /v1/check and reservations: every response field, holds, release, settlement, expiry,
 and Redis being down."""
 
+import json
 import time
 
 import pytest
@@ -124,7 +125,7 @@ def test_redis_ttl_is_set_on_the_hash(services):
     assert 0 < client.pttl(key) <= 30_000
 
 
-def test_redis_down_check_answers_from_the_database(monkeypatch):
+def test_redis_down_check_answers_from_the_database(monkeypatch, capsys):
     subscribe("u1", "basic")
     api.check("u1", "premium_voice", 4000, {"id": "held", "ttl_seconds": 60})
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there

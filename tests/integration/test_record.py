@@ -302,3 +302,60 @@ def test_sum_that_would_overflow_64_bits_is_rejected_not_wrapped():
     assert status == 400 and body["error"]["code"] == "amount_out_of_range"
     assert query("SELECT count(*) FROM usage_events")[0][0] == 1
     assert_reconciled()
+
+
+def test_a_failed_write_leaves_no_claimed_event_id(monkeypatch):
+    """The idempotency claim is made in the same transaction as the effects: if applying fails
+    after the usage row was inserted, the id is not burned and the retry applies exactly once."""
+    from metering.services import record as record_service
+
+    subscribe("u1", "basic")
+    real_post = record_service.post_entry
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("connection lost mid-transaction")
+
+    monkeypatch.setattr(record_service, "post_entry", fail)
+    status, body = api.record("e1", "u1", "premium_voice", 300)
+    assert (status, body["error"]["code"]) == (500, "internal_error")
+    assert query("SELECT count(*) FROM usage_events")[0][0] == 0
+    assert query("SELECT count(*) FROM lifetime_stats")[0][0] == 0
+
+    monkeypatch.setattr(record_service, "post_entry", real_post)
+    status, body = api.record("e1", "u1", "premium_voice", 300)
+    assert (status, body["recorded"]) == (201, True)
+    assert api.record("e1", "u1", "premium_voice", 300)[0] == 200
+    assert query("SELECT count(*) FROM journal WHERE ref = 'e1'")[0][0] == 1
+    assert_reconciled()
+
+
+@pytest.mark.parametrize(
+    ("used", "rollover", "purchased", "amount", "expected", "after"),
+    [
+        pytest.param(0, 0, 0, 300, (300, 0, 0, 0), (300, 0, 0), id="allowance only"),
+        pytest.param(4900, 500, 0, 300, (100, 200, 0, 0), (5000, 300, 0), id="spill into rollover"),
+        pytest.param(5000, 100, 400, 300, (0, 100, 200, 0), (5000, 0, 200), id="rollover then purchased"),
+        pytest.param(5000, -100, 400, 300, (0, 0, 300, 0), (5000, -100, 100), id="negative rollover skipped"),
+        pytest.param(5000, 0, 100, 300, (0, 0, 100, 200), (5000, -200, 0), id="purchased then debt"),
+        pytest.param(5000, -200, 0, 300, (0, 0, 0, 300), (5000, -500, 0), id="debt accumulates"),
+    ],
+)
+def test_each_waterfall_branch_through_the_api(used, rollover, purchased, amount, expected, after):
+    subscribe("u1", "basic")  # premium_voice limit 5,000
+    if used:
+        api.record("setup-used", "u1", "premium_voice", used)
+    if rollover:
+        grant("u1", "premium_voice", "rollover", rollover, "setup-rollover")
+    if purchased:
+        grant("u1", "premium_voice", "purchased", purchased, "setup-purchased")
+    status, body = api.record("e", "u1", "premium_voice", amount)
+    assert status == 201
+    b = body["breakdown"]
+    assert (
+        b["from_subscription"],
+        b["from_rollover"],
+        b["from_purchased"],
+        b["overflow_to_debt"],
+    ) == expected
+    assert (body["balance"]["used"], body["balance"]["rollover"], body["balance"]["purchased"]) == after
+    assert_reconciled()

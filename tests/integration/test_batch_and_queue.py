@@ -5,12 +5,12 @@ import json
 
 import boto3
 import pytest
+from metering.devtools.context import make_context
 from moto import mock_aws
 
 from tests.support import api
 from tests.support.lambda_events import handler
 from tests.support.state import assert_reconciled, query, subscribe, use_test_catalog
-from metering.devtools.context import make_context
 
 
 @pytest.fixture(autouse=True)

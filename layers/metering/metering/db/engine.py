@@ -5,7 +5,8 @@ one round trip, with no BEGIN/COMMIT around it, and SQLAlchemy never has to rese
 level with `SET SESSION CHARACTERISTICS` (which would pin the proxy connection). Writes use
 `transaction()`, which sends BEGIN/COMMIT itself. Instead of pinging on every checkout, a pooled
 connection is pinged only after it sat idle (a frozen Lambda may find its socket closed by the
-proxy); a connection that dies mid-invocation is retried once by `run_in_transaction`.
+proxy); a connection that dies mid-invocation is retried once by `run_in_transaction`. The driver
+is pg8000 with pipelined statements (`metering.db.wire`): one round trip per statement.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def database_url(settings: Settings) -> str | URL:
 
 
 def build_engine(settings: Settings) -> Engine:
+    from metering.db.wire import dbapi
+
     url = database_url(settings)
     connect_args: dict[str, Any] = {"timeout": settings.db_timeout_s}
     aws = not settings.database_url
@@ -50,6 +53,7 @@ def build_engine(settings: Settings) -> Engine:
         connect_args["ssl_context"] = ssl.create_default_context()
     engine = create_engine(
         url,
+        module=dbapi,  # pg8000, one round trip per statement (metering.db.wire)
         isolation_level="AUTOCOMMIT",
         pool_size=settings.db_pool_size,
         max_overflow=0,

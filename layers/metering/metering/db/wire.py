@@ -1,0 +1,48 @@
+"""pg8000 with one network round trip per parameterised statement.
+
+pg8000 (1.31) runs a parameterised statement as three exchanges with the server: Parse+Sync,
+Describe+Sync, then Bind+Execute+Sync, waiting for an answer after each. Its results are all in
+text format, so nothing in the later messages depends on the earlier answers, and the whole
+sequence can be sent at once and answered once, as libpq's PQexecParams does: Parse, Bind,
+Describe (portal), Execute, Sync. Errors still arrive in order before ReadyForQuery (the server
+skips to the Sync after the first error), and pg8000's own message handlers do the rest.
+
+Only unnamed statements are sent, as before: nothing here prepares named statements or sets
+session state, so RDS Proxy can still multiplex the connection.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import pg8000
+from pg8000 import core, legacy
+from pg8000.converters import make_params
+
+_DESCRIBE_PORTAL = b"P" + core.NULL_BYTE
+
+
+class PipelinedConnection(legacy.Connection):  # type: ignore[misc]
+    def execute_unnamed(self, statement: str, vals: Any = (), oids: Any = (), stream: Any = None) -> Any:
+        if stream is not None:  # COPY keeps pg8000's own exchange
+            return super().execute_unnamed(statement, vals=vals, oids=oids, stream=stream)
+        context = core.Context(statement, stream=stream)
+        self.send_PARSE(core.NULL_BYTE, statement, oids)
+        self.send_BIND(core.NULL_BYTE, make_params(self.py_types, vals))
+        self._send_message(core.DESCRIBE, _DESCRIBE_PORTAL)
+        self.send_EXECUTE()
+        core._write(self._sock, core.SYNC_MSG)
+        core._flush(self._sock)
+        self.handle_messages(context)
+        return context
+
+
+def _connect(user: str, **kwargs: Any) -> PipelinedConnection:
+    return PipelinedConnection(user, **kwargs)
+
+
+# The DBAPI module handed to SQLAlchemy's pg8000 dialect: pg8000 itself, connecting pipelined.
+dbapi = types.ModuleType("pg8000_pipelined")
+dbapi.__dict__.update({k: v for k, v in vars(pg8000).items() if not k.startswith("__") or k == "__version__"})
+dbapi.connect = _connect  # type: ignore[attr-defined]

@@ -1,0 +1,62 @@
+"""Round trips at the wire, per operation, with a warm container (issue 6: at most one database
+and one Redis round trip per check). A round trip is one flush of the client's socket followed by
+waiting for the server's answer; for Redis, one command sent."""
+
+from contextlib import contextmanager
+
+import pytest
+import redis.connection
+from pg8000 import core
+
+from tests.support import api
+from tests.support.state import subscribe, use_test_catalog
+
+
+@pytest.fixture(autouse=True)
+def catalog(clean):
+    use_test_catalog()
+
+
+@contextmanager
+def count_round_trips(monkeypatch):
+    counts = {"db": 0, "redis": 0}
+    real_flush = core._flush
+    real_send = redis.connection.AbstractConnection.send_packed_command
+
+    def flush(sock):
+        counts["db"] += 1
+        return real_flush(sock)
+
+    def send(self, command, check_health=True):
+        counts["redis"] += 1
+        return real_send(self, command, check_health)
+
+    with monkeypatch.context() as m:
+        m.setattr(core, "_flush", flush)
+        m.setattr(redis.connection.AbstractConnection, "send_packed_command", send)
+        yield counts
+
+
+def test_check_is_one_database_and_one_redis_round_trip(monkeypatch):
+    subscribe("u1", "basic")
+    api.record("warm", "u1", "premium_voice", 10)
+    api.check("u1", "premium_voice", 1, {"id": "warm", "ttl_seconds": 60})  # warm: connections, scripts
+    with count_round_trips(monkeypatch) as plain:
+        assert api.check("u1", "premium_voice", 100)[1]["allowed"]
+    with count_round_trips(monkeypatch) as held:
+        assert api.check("u1", "premium_voice", 100, {"id": "doc", "ttl_seconds": 60})[1]["reservation"]
+    assert plain == {"db": 1, "redis": 1}
+    assert held == {"db": 1, "redis": 1}
+
+
+def test_record_round_trips(monkeypatch):
+    subscribe("u1", "basic")
+    api.record("warm", "u1", "premium_voice", 10)
+    with count_round_trips(monkeypatch) as new:
+        assert api.record("e1", "u1", "premium_voice", 10)[0] == 201
+    with count_round_trips(monkeypatch) as duplicate:
+        assert api.record("e1", "u1", "premium_voice", 10)[0] == 200
+    # BEGIN, read state, lock pools, insert event (+ stats), journaled change, COMMIT
+    assert new == {"db": 6, "redis": 0}
+    # BEGIN, read state, lock pools, insert (no-op), read the original, COMMIT
+    assert duplicate == {"db": 6, "redis": 0}

@@ -151,17 +151,28 @@ def reset_client() -> None:
     _client.cache_clear()
 
 
-def _scripts() -> tuple[redis.Redis, Any, Any, Any]:
-    client = _client()
-    if client is None:
-        raise ReservationsUnavailable("REDIS_URL is not set")
-    return client
-
-
 def _redis_errors() -> tuple[type[BaseException], ...]:
     import redis
 
     return (redis.RedisError, OSError)
+
+
+def _run(script: int, user_id: str, *args: Any) -> Any:
+    """Run one of the scripts on the user's hash: one Redis round trip (EVALSHA). Any Redis
+    failure becomes ReservationsUnavailable and is counted."""
+    client = _client()
+    if client is None:
+        raise ReservationsUnavailable("REDIS_URL is not set")
+    run: Any = client[script]
+    try:
+        return run(keys=[key(user_id)], args=list(args))
+    except _redis_errors() as error:
+        count(Metric.RESERVATIONS_UNAVAILABLE)
+        logger.warning("reservations unavailable", extra={"error": str(error)})
+        raise ReservationsUnavailable(str(error)) from error
+
+
+_CHECK, _RELEASE, _SETTLE = 1, 2, 3
 
 
 def check_and_hold(
@@ -177,35 +188,23 @@ def check_and_hold(
     """Count the other live holds and, when `amount` fits, place (or replace) this one.
 
     `available` and `db_version` come from one read of the database (before holds)."""
-    check_script = _scripts()[1]
-    try:
-        allowed, reserved, expires = check_script(
-            keys=[key(user_id)],
-            args=[
-                usage_type,
-                reservation_id or "",
-                amount,
-                ttl_seconds * 1000,
-                "" if available is None else available,
-                db_version,
-            ],
-        )
-    except _redis_errors() as error:
-        count(Metric.RESERVATIONS_UNAVAILABLE)
-        logger.warning("reservations unavailable", extra={"error": str(error)})
-        raise ReservationsUnavailable(str(error)) from error
+    allowed, reserved, expires = _run(
+        _CHECK,
+        user_id,
+        usage_type,
+        reservation_id or "",
+        amount,
+        ttl_seconds * 1000,
+        "" if available is None else available,
+        db_version,
+    )
     expires_at = datetime.fromtimestamp(int(expires) / 1000, tz=UTC) if int(expires) else None
     return Hold(allowed=bool(allowed), reserved=int(reserved), expires_at=expires_at)
 
 
 def release(user_id: str, reservation_id: str) -> bool:
     """Remove a hold; True when it was live."""
-    release_script = _scripts()[2]
-    try:
-        return bool(release_script(keys=[key(user_id)], args=[reservation_id]))
-    except _redis_errors() as error:
-        count(Metric.RESERVATIONS_UNAVAILABLE)
-        raise ReservationsUnavailable(str(error)) from error
+    return bool(_run(_RELEASE, user_id, reservation_id))
 
 
 def settle(user_id: str, reservation_id: str, version: int) -> None:
@@ -214,8 +213,8 @@ def settle(user_id: str, reservation_id: str, version: int) -> None:
     Best effort: a hold left unsettled only makes checks stricter until its TTL, and the usage
     itself is already safely recorded."""
     try:
-        _scripts()[3](keys=[key(user_id)], args=[reservation_id, version, SETTLED_KEEP_MS])
-    except (ReservationsUnavailable, *_redis_errors()) as error:
+        _run(_SETTLE, user_id, reservation_id, version, SETTLED_KEEP_MS)
+    except ReservationsUnavailable as error:
         logger.warning(
             "could not settle reservation", extra={"reservation_id": reservation_id, "error": str(error)}
         )

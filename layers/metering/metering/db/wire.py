@@ -23,7 +23,7 @@ from pg8000.converters import make_params
 _DESCRIBE_PORTAL = b"P" + core.NULL_BYTE
 
 
-class PipelinedConnection(legacy.Connection):  # type: ignore[misc]
+class PipelinedConnection(legacy.Connection):
     def execute_unnamed(self, statement: str, vals: Any = (), oids: Any = (), stream: Any = None) -> Any:
         if stream is not None:  # COPY keeps pg8000's own exchange
             return super().execute_unnamed(statement, vals=vals, oids=oids, stream=stream)

@@ -64,9 +64,16 @@ def test_groups_labels_measures_distinct_and_order():
     voice("v4", 1500, "bella", "m1", name="Bella", duration=1.5)
     voice("v5", 1210, "heart", "m2")
     voice("v6", 5, 7, None, name=42)  # numbers stay numbers, a JSON null stays null
-    for i, (page, ref) in enumerate([(1, "doc-a"), (1, "doc-a"), (2, "doc-a"), (None, "doc-a"), (5, "doc-b")]):
-        details = {"document_title": f"Doc {ref}"} if page is None else {"page_idx": page, "document_title": ref}
-        assert api.record(f"o{i}", "u1", "ocr_tokens", 100 * (i + 1), reference_id=ref, details=details)[0] == 201
+    for i, (page, ref) in enumerate(
+        [(1, "doc-a"), (1, "doc-a"), (2, "doc-a"), (None, "doc-a"), (5, "doc-b")]
+    ):
+        details = (
+            {"document_title": f"Doc {ref}"} if page is None else {"page_idx": page, "document_title": ref}
+        )
+        assert (
+            api.record(f"o{i}", "u1", "ocr_tokens", 100 * (i + 1), reference_id=ref, details=details)[0]
+            == 201
+        )
     assert api.record("o9", "u1", "ocr_tokens", 1, details={"page_idx": 3})[0] == 201  # no reference_id
 
     status, body = breakdown("u1")
@@ -74,29 +81,72 @@ def test_groups_labels_measures_distinct_and_order():
     voice_rows = body["usage_types"]["premium_voice"]
     assert voice_rows["group_by"] == ["details.voice_slug", "details.model_slug"]
     assert voice_rows["rows"] == [
-        {"key": {"details.voice_slug": "bella", "details.model_slug": "m1"}, "label": "Bella", "total": 1500,
-         "events": 1, "distinct": {}, "measures": {"details.duration_ms": 1.5}},
+        {
+            "key": {"details.voice_slug": "bella", "details.model_slug": "m1"},
+            "label": "Bella",
+            "total": 1500,
+            "events": 1,
+            "distinct": {},
+            "measures": {"details.duration_ms": 1.5},
+        },
         # equal totals: ordered by key
-        {"key": {"details.voice_slug": "heart", "details.model_slug": "m1"}, "label": "Heart (new)", "total": 1210,
-         "events": 3, "distinct": {}, "measures": {"details.duration_ms": 3500}},
-        {"key": {"details.voice_slug": "heart", "details.model_slug": "m2"}, "label": None, "total": 1210,
-         "events": 1, "distinct": {}, "measures": {"details.duration_ms": 0}},
-        {"key": {"details.voice_slug": 7, "details.model_slug": None}, "label": "42", "total": 5,
-         "events": 1, "distinct": {}, "measures": {"details.duration_ms": 0}},
+        {
+            "key": {"details.voice_slug": "heart", "details.model_slug": "m1"},
+            "label": "Heart (new)",
+            "total": 1210,
+            "events": 3,
+            "distinct": {},
+            "measures": {"details.duration_ms": 3500},
+        },
+        {
+            "key": {"details.voice_slug": "heart", "details.model_slug": "m2"},
+            "label": None,
+            "total": 1210,
+            "events": 1,
+            "distinct": {},
+            "measures": {"details.duration_ms": 0},
+        },
+        {
+            "key": {"details.voice_slug": 7, "details.model_slug": None},
+            "label": "42",
+            "total": 5,
+            "events": 1,
+            "distinct": {},
+            "measures": {"details.duration_ms": 0},
+        },
     ]
     ocr = body["usage_types"]["ocr_tokens"]
     assert ocr["group_by"] == ["reference_id"]
     assert ocr["rows"] == [
         # 100 + 200 + 300 + 400; pages 1, 2 (a missing page is not a value); the latest label
-        {"key": {"reference_id": "doc-a"}, "label": "Doc doc-a", "total": 1000, "events": 4,
-         "distinct": {"details.page_idx": 2}, "measures": {}},
-        {"key": {"reference_id": "doc-b"}, "label": "doc-b", "total": 500, "events": 1,
-         "distinct": {"details.page_idx": 1}, "measures": {}},
-        {"key": {"reference_id": None}, "label": None, "total": 1, "events": 1,
-         "distinct": {"details.page_idx": 1}, "measures": {}},
+        {
+            "key": {"reference_id": "doc-a"},
+            "label": "Doc doc-a",
+            "total": 1000,
+            "events": 4,
+            "distinct": {"details.page_idx": 2},
+            "measures": {},
+        },
+        {
+            "key": {"reference_id": "doc-b"},
+            "label": "doc-b",
+            "total": 500,
+            "events": 1,
+            "distinct": {"details.page_idx": 1},
+            "measures": {},
+        },
+        {
+            "key": {"reference_id": None},
+            "label": None,
+            "total": 1,
+            "events": 1,
+            "distinct": {"details.page_idx": 1},
+            "measures": {},
+        },
     ]
     assert body["usage_types"]["server_kokoro"] == {
-        "group_by": ["details.voice_slug", "details.model_slug"], "rows": [],
+        "group_by": ["details.voice_slug", "details.model_slug"],
+        "rows": [],
     }
 
 
@@ -136,8 +186,11 @@ def test_explicit_window_with_offsets_and_z_is_half_open():
     for event_id, day in (("d1", 1), ("d2", 2), ("d3", 3)):
         voice(event_id, 10 * day, "heart", "m1")
         backdate(event_id, datetime(2026, 3, day, tzinfo=UTC))
-    status, body = breakdown("u1", usage_type="premium_voice", **{"from": "2026-03-02T02:00:00+02:00",
-                                                                    "to": "2026-03-03T00:00:00Z"})
+    status, body = breakdown(
+        "u1",
+        usage_type="premium_voice",
+        **{"from": "2026-03-02T02:00:00+02:00", "to": "2026-03-03T00:00:00Z"},
+    )
     assert status == 200
     assert (body["from"], body["to"]) == ("2026-03-02T00:00:00Z", "2026-03-03T00:00:00Z")
     assert list(body["usage_types"]) == ["premium_voice"]
@@ -160,9 +213,21 @@ def test_only_from_given_runs_to_the_end_of_the_current_period():
         ({"to": "2026-01-01"}, "validation_error", "to: needs a timezone"),
         ({"from": "yesterday"}, "validation_error", "from: not an ISO-8601"),
         ({"to": "2026-13-01T00:00:00Z"}, "validation_error", "to: not an ISO-8601"),
-        ({"from": "2026-02-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"}, "validation_error", "to: must be later"),
-        ({"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "validation_error", "to: must be later"),
-        ({"from": "2025-01-01T00:00:00Z", "to": "2026-01-03T00:00:00Z"}, "validation_error", "to: the window"),
+        (
+            {"from": "2026-02-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"},
+            "validation_error",
+            "to: must be later",
+        ),
+        (
+            {"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
+            "validation_error",
+            "to: must be later",
+        ),
+        (
+            {"from": "2025-01-01T00:00:00Z", "to": "2026-01-03T00:00:00Z"},
+            "validation_error",
+            "to: the window",
+        ),
         ({"from": "2020-01-01T00:00:00Z"}, "validation_error", "from: the window"),
         ({"from": "x" * 65}, "validation_error", "from"),
         ({"usage_type": "nope"}, "unknown_usage_type", "usage_type: unknown usage type 'nope'"),
@@ -238,13 +303,21 @@ def test_large_log_uses_the_index_and_stays_fast():
     with engine.connect() as conn:
         conn.execute(text("ANALYZE usage_events"))
         for days in (30, 366):  # a month (the default) and the longest window allowed
-            bind = {"u": "big", "start": now - timedelta(days=days), "end": now + timedelta(seconds=1), **params}
+            bind = {
+                "u": "big",
+                "start": now - timedelta(days=days),
+                "end": now + timedelta(seconds=1),
+                **params,
+            }
             plan = conn.execute(text("EXPLAIN (FORMAT JSON) " + sql), bind).scalar_one()
             plan = json.loads(plan) if isinstance(plan, str) else plan
             scans = [n for n in plan_nodes(plan[0]["Plan"]) if n.get("Relation Name") == "usage_events"]
             assert len(scans) == 3, scans  # one per usage type
             for scan in scans:
-                assert scan["Node Type"] in ("Index Scan", "Bitmap Heap Scan", "Index Only Scan"), (days, scan)
+                assert scan["Node Type"] in ("Index Scan", "Bitmap Heap Scan", "Index Only Scan"), (
+                    days,
+                    scan,
+                )
                 index = scan.get("Index Name") or next(
                     n["Index Name"] for n in plan_nodes(scan) if n["Node Type"] == "Bitmap Index Scan"
                 )

@@ -20,7 +20,10 @@ def stats(user_id):
     return call(
         "summary",
         http_event(
-            "GET", f"/v1/users/{user_id}/stats", route="/v1/users/{user_id}/stats", path_parameters={"user_id": user_id}
+            "GET",
+            f"/v1/users/{user_id}/stats",
+            route="/v1/users/{user_id}/stats",
+            path_parameters={"user_id": user_id},
         ),
     )
 
@@ -37,13 +40,27 @@ def record(event_id, usage_type, amount, user="u1", **fields):
 
 def seed():
     subscribe("u1", "plus")
-    record("v1", "premium_voice", 500, details={"voice_slug": "heart", "model_slug": "m1", "voice_name": "Heart",
-                                                "duration_ms": 1000})
-    record("v2", "premium_voice", 700, details={"voice_slug": "heart", "model_slug": "m1", "duration_ms": 2000})
-    record("v3", "premium_voice", 1500, details={"voice_slug": "bella", "model_slug": "m1", "voice_name": "Bella",
-                                                 "duration_ms": 0.5})
-    record("v4", "premium_voice", 10, details={"voice_slug": "heart", "model_slug": "m1", "voice_name": "Heart 2",
-                                               "duration_ms": "n/a"})
+    record(
+        "v1",
+        "premium_voice",
+        500,
+        details={"voice_slug": "heart", "model_slug": "m1", "voice_name": "Heart", "duration_ms": 1000},
+    )
+    record(
+        "v2", "premium_voice", 700, details={"voice_slug": "heart", "model_slug": "m1", "duration_ms": 2000}
+    )
+    record(
+        "v3",
+        "premium_voice",
+        1500,
+        details={"voice_slug": "bella", "model_slug": "m1", "voice_name": "Bella", "duration_ms": 0.5},
+    )
+    record(
+        "v4",
+        "premium_voice",
+        10,
+        details={"voice_slug": "heart", "model_slug": "m1", "voice_name": "Heart 2", "duration_ms": "n/a"},
+    )
     record("o1", "ocr_tokens", 300, reference_id="doc-a", details={"document_title": "A", "page_idx": 1})
     record("o2", "ocr_tokens", 200, reference_id="doc-a", details={"page_idx": 2})
 
@@ -56,17 +73,29 @@ EXPECTED = {
             "events": 4,
             "measures": {"details.duration_ms": 3000.5},
             "rows": [
-                {"key": {"details.voice_slug": "bella", "details.model_slug": "m1"}, "label": "Bella", "total": 1500,
-                 "events": 1, "measures": {"details.duration_ms": 0.5}},
-                {"key": {"details.voice_slug": "heart", "details.model_slug": "m1"}, "label": "Heart 2", "total": 1210,
-                 "events": 3, "measures": {"details.duration_ms": 3000}},
+                {
+                    "key": {"details.voice_slug": "bella", "details.model_slug": "m1"},
+                    "label": "Bella",
+                    "total": 1500,
+                    "events": 1,
+                    "measures": {"details.duration_ms": 0.5},
+                },
+                {
+                    "key": {"details.voice_slug": "heart", "details.model_slug": "m1"},
+                    "label": "Heart 2",
+                    "total": 1210,
+                    "events": 3,
+                    "measures": {"details.duration_ms": 3000},
+                },
             ],
         },
         "ocr_tokens": {
             "total": 500,
             "events": 2,
             "measures": {},
-            "rows": [{"key": {"reference_id": "doc-a"}, "label": "A", "total": 500, "events": 2, "measures": {}}],
+            "rows": [
+                {"key": {"reference_id": "doc-a"}, "label": "A", "total": 500, "events": 2, "measures": {}}
+            ],
         },
         "server_kokoro": {"total": 0, "events": 0, "measures": {"details.duration_ms": 0}, "rows": []},
     },

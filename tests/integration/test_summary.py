@@ -15,7 +15,15 @@ from tests.support.state import query, subscribe, use_test_catalog
 pytestmark = pytest.mark.usefixtures("clean")
 
 TYPES = ("premium_voice", "ocr_tokens", "server_kokoro")
-WRITTEN_TABLES = ("accounts", "subscriptions", "periods", "period_usage", "balances", "journal", "usage_events")
+WRITTEN_TABLES = (
+    "accounts",
+    "subscriptions",
+    "periods",
+    "period_usage",
+    "balances",
+    "journal",
+    "usage_events",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -74,9 +82,30 @@ def test_stranger_gets_the_free_plan_summary_and_nothing_is_written():
         "subscription": None,
         "period": {"start": iso(start), "end": iso(end)},
         "usage_types": {
-            "premium_voice": {"limit": 0, "used": 0, "rollover": 0, "purchased": 0, "reserved": 0, "available": 0},
-            "ocr_tokens": {"limit": 100, "used": 0, "rollover": 0, "purchased": 0, "reserved": 0, "available": 100},
-            "server_kokoro": {"limit": 1000, "used": 0, "rollover": 0, "purchased": 0, "reserved": 0, "available": 1000},
+            "premium_voice": {
+                "limit": 0,
+                "used": 0,
+                "rollover": 0,
+                "purchased": 0,
+                "reserved": 0,
+                "available": 0,
+            },
+            "ocr_tokens": {
+                "limit": 100,
+                "used": 0,
+                "rollover": 0,
+                "purchased": 0,
+                "reserved": 0,
+                "available": 100,
+            },
+            "server_kokoro": {
+                "limit": 1000,
+                "used": 0,
+                "rollover": 0,
+                "purchased": 0,
+                "reserved": 0,
+                "available": 1000,
+            },
         },
         "reservations_counted": True,
     }
@@ -110,12 +139,30 @@ def test_subscriber_every_field_as_the_check_computes_it():
     assert body["period"] == {"start": iso(start), "end": iso(start + timedelta(days=30))}
     assert body["usage_types"] == {
         # 5000 - 4000 + (-100) + 300 - 150 reserved
-        "premium_voice": {"limit": 5000, "used": 4000, "rollover": -100, "purchased": 300, "reserved": 150,
-                          "available": 1050},
-        "ocr_tokens": {"limit": 100000, "used": 1000, "rollover": 0, "purchased": 0, "reserved": 2000,
-                       "available": 97000},
-        "server_kokoro": {"limit": None, "used": 77, "rollover": 0, "purchased": 0, "reserved": 0,
-                          "available": None},
+        "premium_voice": {
+            "limit": 5000,
+            "used": 4000,
+            "rollover": -100,
+            "purchased": 300,
+            "reserved": 150,
+            "available": 1050,
+        },
+        "ocr_tokens": {
+            "limit": 100000,
+            "used": 1000,
+            "rollover": 0,
+            "purchased": 0,
+            "reserved": 2000,
+            "available": 97000,
+        },
+        "server_kokoro": {
+            "limit": None,
+            "used": 77,
+            "rollover": 0,
+            "purchased": 0,
+            "reserved": 0,
+            "available": None,
+        },
     }
     assert body["reservations_counted"] is True
     assert_as_the_check_says(body, "u1")
@@ -132,8 +179,10 @@ def test_debt_beyond_the_allowance_clamps_available_at_zero():
 def test_plain_counter_reports_no_pools_as_the_check_ignores_them():
     subscribe("u1", "basic")
     # a balances row for a plain counter (never written by the service) must not leak into it
-    query("INSERT INTO balances (user_id, usage_type, rollover, purchased) VALUES ('u1', 'server_kokoro', 5, 7) "
-          "RETURNING 1")
+    query(
+        "INSERT INTO balances (user_id, usage_type, rollover, purchased) VALUES ('u1', 'server_kokoro', 5, 7) "
+        "RETURNING 1"
+    )
     body = summary("u1")[1]["usage_types"]["server_kokoro"]
     assert (body["rollover"], body["purchased"]) == (0, 0)
 
@@ -151,7 +200,12 @@ def test_canceled_subscription_falls_back_to_free_but_keeps_pools_and_the_mirror
     # the calendar month under the free plan, with purchased credit still counting
     assert body["period"]["start"].endswith("-01T00:00:00Z")
     assert body["usage_types"]["ocr_tokens"] == {
-        "limit": 100, "used": 0, "rollover": 0, "purchased": 500, "reserved": 0, "available": 600,
+        "limit": 100,
+        "used": 0,
+        "rollover": 0,
+        "purchased": 500,
+        "reserved": 0,
+        "available": 600,
     }
     assert_as_the_check_says(body, "u1")
 
@@ -164,11 +218,17 @@ def test_is_canceling(cancel_at_period_end, cancel_at_days, expected):
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
     subscribe("u1", "basic", start=start, end=start + timedelta(days=30))
     cancel_at = None if cancel_at_days is None else start + timedelta(days=cancel_at_days)
-    query("UPDATE subscriptions SET cancel_at_period_end = :e, cancel_at = :at RETURNING 1",
-          e=cancel_at_period_end, at=cancel_at)
+    query(
+        "UPDATE subscriptions SET cancel_at_period_end = :e, cancel_at = :at RETURNING 1",
+        e=cancel_at_period_end,
+        at=cancel_at,
+    )
     sub = summary("u1")[1]["subscription"]
     assert (sub["cancel_at_period_end"], sub["cancel_at"], sub["is_canceling"]) == (
-        cancel_at_period_end, None if cancel_at is None else iso(cancel_at), expected)
+        cancel_at_period_end,
+        None if cancel_at is None else iso(cancel_at),
+        expected,
+    )
 
 
 def test_late_renewal_reports_the_assumed_next_period():
@@ -201,7 +261,10 @@ def test_billing_disabled_reports_unlimited(monkeypatch):
     body = summary("u1")[1]
     assert body["billing_enabled"] is False
     for usage_type in TYPES:
-        assert (body["usage_types"][usage_type]["limit"], body["usage_types"][usage_type]["available"]) == (None, None)
+        assert (body["usage_types"][usage_type]["limit"], body["usage_types"][usage_type]["available"]) == (
+            None,
+            None,
+        )
     assert body["usage_types"]["premium_voice"]["used"] == 0  # records change no counter then
     assert_as_the_check_says(body, "u1")
 

@@ -12,6 +12,7 @@ answers from the database alone and says so (`reservations_counted: false`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -38,6 +39,12 @@ local function parse(value)
   local rtype, ramount, rexp, settled = string.match(value, '^(.*)|(%d+)|(%d+)|(%d*)$')
   return rtype, tonumber(ramount), tonumber(rexp), tonumber(settled)
 end
+-- The one counting rule: an unsettled hold counts (unless it is the one being re-made); a settled
+-- hold counts only for a database read that does not include its record yet.
+local function counts(id, settled, rid, db_version)
+  if settled == nil then return id ~= rid end
+  return settled > db_version
+end
 """
 
 # KEYS[1]: the user's reservation hash.
@@ -59,8 +66,7 @@ for i = 1, #entries, 2 do
     redis.call('HDEL', KEYS[1], id)
   else
     if rexp > latest then latest = rexp end
-    local counts = (settled == nil and id ~= rid) or (settled ~= nil and settled > db_version)
-    if rtype == usage_type and counts then reserved = reserved + ramount end
+    if rtype == usage_type and counts(id, settled, rid, db_version) then reserved = reserved + ramount end
   end
 end
 local allowed = 1
@@ -109,6 +115,31 @@ return 1
 """
 )
 
+# KEYS[1]: the user's reservation hash; ARGV: usage_type, db_version pairs (the versions one database
+# read saw). Read-only. Returns {usage_type, reserved, ...} for the live holds that count.
+_SUMS_LUA = (
+    _PARSE_LUA
+    + """
+local now = now_ms()
+local versions = {}
+for i = 1, #ARGV, 2 do versions[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local sums = {}
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local rtype, ramount, rexp, settled = parse(entries[i + 1])
+  if rexp > now and counts(entries[i], settled, '', versions[rtype] or 0) then
+    sums[rtype] = (sums[rtype] or 0) + ramount
+  end
+end
+local out = {}
+for rtype, total in pairs(sums) do
+  out[#out + 1] = rtype
+  out[#out + 1] = total
+end
+return out
+"""
+)
+
 SETTLED_KEEP_MS = 60_000  # far longer than any check takes between its database read and Redis
 
 
@@ -129,7 +160,7 @@ def key(user_id: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _client() -> tuple[redis.Redis, Any, Any, Any] | None:
+def _client() -> tuple[redis.Redis, Any, Any, Any, Any] | None:
     url = get_settings().redis_url
     if not url:
         return None
@@ -144,6 +175,7 @@ def _client() -> tuple[redis.Redis, Any, Any, Any] | None:
         client.register_script(_CHECK_LUA),
         client.register_script(_RELEASE_LUA),
         client.register_script(_SETTLE_LUA),
+        client.register_script(_SUMS_LUA),
     )
 
 
@@ -172,7 +204,7 @@ def _run(script: int, user_id: str, *args: Any) -> Any:
         raise ReservationsUnavailable(str(error)) from error
 
 
-_CHECK, _RELEASE, _SETTLE = 1, 2, 3
+_CHECK, _RELEASE, _SETTLE, _SUMS = 1, 2, 3, 4
 
 
 def check_and_hold(
@@ -218,3 +250,10 @@ def settle(user_id: str, reservation_id: str, version: int) -> None:
         logger.warning(
             "could not settle reservation", extra={"reservation_id": reservation_id, "error": str(error)}
         )
+
+
+def reserved_by_type(user_id: str, db_versions: Mapping[str, int]) -> dict[str, int]:
+    """The user's holds per usage type, counted as a check whose database read saw `db_versions`
+    (usage type -> balances version, 0 without a row) counts them. One round trip, no writes."""
+    flat = _run(_SUMS, user_id, *(x for pair in db_versions.items() for x in pair))
+    return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}

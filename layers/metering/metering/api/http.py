@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import binascii
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
@@ -82,6 +83,11 @@ def make_resolver() -> APIGatewayHttpResolver:
     def _invalid(error: RequestValidationError) -> Response[Any]:
         status, code, message = describe_validation_errors(error.errors())
         return error_response(status, code, message)
+
+    @app.exception_handler([UnicodeDecodeError, binascii.Error])
+    def _undecodable(error: Exception) -> Response[Any]:
+        # a body API Gateway base64-encoded because it is not UTF-8 text cannot be JSON
+        return error_response(400, "validation_error", "body: is not valid UTF-8 text")
 
     @app.exception_handler(MeteringError)
     def _domain(error: MeteringError) -> Response[Any]:

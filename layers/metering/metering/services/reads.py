@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from metering import reservations, reservations_read
+from metering import reservations
 from metering.api.read_models import (
     BreakdownResponse,
     BreakdownRowOut,
@@ -51,7 +51,7 @@ _SUMMARY_SQL = text(
     """
     SELECT s.subscription_id, s.plan_id, s.status, s.current_period_start, s.current_period_end,
            s.billing_cycle_anchor, s.cancel_at_period_end, s.cancel_at, s.canceled_at,
-           b.types AS balance_types, b.rollovers, b.purchaseds,
+           b.types AS balance_types, b.rollovers, b.purchaseds, b.versions,
            p.period_id, p.period_start, p.period_end, p.plan_id AS period_plan,
            c.types AS used_types, c.useds
     FROM (SELECT CAST(:u AS text) AS user_id) k
@@ -59,7 +59,7 @@ _SUMMARY_SQL = text(
     LEFT JOIN subscriptions s ON s.subscription_id = a.current_subscription_id
     CROSS JOIN LATERAL (
         SELECT array_agg(usage_type) AS types, array_agg(rollover) AS rollovers,
-               array_agg(purchased) AS purchaseds
+               array_agg(purchased) AS purchaseds, array_agg(version) AS versions
         FROM balances WHERE user_id = k.user_id
     ) b
     LEFT JOIN periods p ON p.user_id = k.user_id AND p.period_start <= :now AND p.period_end > :now
@@ -95,9 +95,9 @@ def _subscription_out(row: Any) -> SubscriptionOut | None:
     )
 
 
-def _live_holds(user_id: str) -> tuple[dict[str, int], bool]:
+def _live_holds(user_id: str, db_versions: dict[str, int]) -> tuple[dict[str, int], bool]:
     try:
-        return reservations_read.reserved_by_type(user_id), True
+        return reservations.reserved_by_type(user_id, db_versions), True
     except reservations.ReservationsUnavailable:
         return {}, False
 
@@ -118,13 +118,12 @@ def summary(user_id: str, now: datetime | None = None) -> SummaryResponse:
         if r.period_id is not None and r.period_start == spec.start:
             period = PeriodRow(r.period_id, r.period_start, r.period_end, r.period_plan)
             used_by_type = dict(zip(r.used_types or [], r.useds or [], strict=True))
-    pools = {
-        t: (rollover, purchased)
-        for t, rollover, purchased in zip(
-            first.balance_types or [], first.rollovers or [], first.purchaseds or [], strict=True
-        )
-    }
-    reserved_by_type, counted = _live_holds(user_id)
+    balance_types = first.balance_types or []
+    pools = dict(
+        zip(balance_types, zip(first.rollovers or [], first.purchaseds or [], strict=True), strict=True)
+    )
+    versions = dict(zip(balance_types, first.versions or [], strict=True))
+    reserved_by_type, counted = _live_holds(user_id, versions)
 
     usage_types: dict[str, UsageTypeSummary] = {}
     for name in catalog.usage_types:
@@ -140,7 +139,12 @@ def summary(user_id: str, now: datetime | None = None) -> SummaryResponse:
             purchased=purchased,
             reserved=reserved,
             available=available(
-                limit=limit, used=used, rollover=rollover, purchased=purchased, pools=m.pools, reserved=reserved
+                limit=limit,
+                used=used,
+                rollover=rollover,
+                purchased=purchased,
+                pools=m.pools,
+                reserved=reserved,
             ),
         )
 
@@ -230,7 +234,9 @@ def parse_instant(value: str, field: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise BadInput(f"{field}: not an ISO-8601 date-time such as 2026-01-01T00:00:00Z (got {shown})") from None
+        raise BadInput(
+            f"{field}: not an ISO-8601 date-time such as 2026-01-01T00:00:00Z (got {shown})"
+        ) from None
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise BadInput(f"{field}: needs a timezone, a Z suffix or an offset such as +02:00 (got {shown})")
     try:
@@ -324,6 +330,13 @@ def _measures(fields: tuple[str, ...], stored: Any) -> dict[str, int | float]:
     return out
 
 
+def _ordered_key(group_by: tuple[str, ...], stored: Any) -> dict[str, Any]:
+    """The stored group (jsonb keeps its own key order) in the catalog's group_by order."""
+    stored = stored if isinstance(stored, dict) else {}
+    ordered = {field: stored[field] for field in group_by if field in stored}
+    return ordered | {field: value for field, value in stored.items() if field not in ordered}
+
+
 def stats(user_id: str) -> StatsResponse:
     """Lifetime totals per catalog usage type and breakdown group, from `lifetime_stats`."""
     catalog = get_catalog()
@@ -337,7 +350,7 @@ def stats(user_id: str) -> StatsResponse:
             continue
         grouped[r.usage_type].append(
             StatsRowOut(
-                key=r.key if isinstance(r.key, dict) else {},
+                key=_ordered_key(kind.breakdown.group_by, r.key),
                 label=r.label,
                 total=int(r.total),
                 events=int(r.events),

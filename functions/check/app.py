@@ -6,6 +6,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Body
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from metering.api.http import ERROR_RESPONSES, USER_ID_PATH, make_resolver
 from metering.api.models import CheckRequest, CheckResponse
 from metering.observability import logger, metrics

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from metering.api.http import USER_ID_PATH, jwt_subject, make_resolver
 from metering.api.models import ErrorBody
 from metering.api.read_models import BreakdownResponse, StatsResponse, SummaryResponse

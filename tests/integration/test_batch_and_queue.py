@@ -5,9 +5,9 @@ import json
 
 import boto3
 import pytest
-from metering.devtools.context import make_context
 from moto import mock_aws
 
+from metering.devtools.context import make_context
 from tests.support import api
 from tests.support.lambda_events import handler
 from tests.support.state import assert_reconciled, query, subscribe, use_test_catalog

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from metering.devtools.context import make_context
 from metering.devtools.template import functions, load_handler
-
 from tests.support import api
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from metering.api.openapi import CONTRACT_ERRORS, build_document, handler_file, http_functions, render
 from metering.devtools.template import AUTH_IAM, AUTH_JWT, AUTH_NONE
 

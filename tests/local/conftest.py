@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
 from metering.devtools import embedded
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 import sqlalchemy as sa
+
 from metering.devtools import embedded
 
 

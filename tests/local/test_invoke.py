@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from metering.devtools import template as tpl
 from metering.devtools.context import FakeLambdaContext, make_context
 

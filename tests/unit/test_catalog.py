@@ -12,6 +12,8 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
+
 from metering.catalog import (
     DEFAULT_CATALOG,
     Breakdown,
@@ -23,7 +25,6 @@ from metering.catalog import (
     parse_catalog,
 )
 from metering.config import get_settings
-from pydantic import ValidationError
 
 INT64_MAX = 2**63 - 1
 

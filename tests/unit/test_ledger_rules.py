@@ -3,6 +3,7 @@
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from metering.domain.ledger import Breakdown, allowed, available, rollover_after_renewal, waterfall
 
 

@@ -3,6 +3,7 @@
 from datetime import UTC, datetime
 
 import pytest
+
 from metering.domain.periods import (
     SubscriptionState,
     add_months,

@@ -4,6 +4,7 @@ how the response models serialize."""
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from metering.api.read_models import BreakdownResponse, UsageTypeSummary
 from metering.errors import BadInput
 from metering.services.reads import _field_sql, is_canceling, parse_instant

@@ -16,9 +16,18 @@ def test_grants_and_corrections_of_both_pools_are_journaled():
     api.record("e1", "u1", "premium_voice", 1200)
     assert api.adjust("u1", "a1", "premium_voice", "purchased", 500) == (
         201,
-        {"adjustment_id": "a1", "applied": True, "duplicate": False, "balance": {"used": 1200, "rollover": 0, "purchased": 500}},
+        {
+            "adjustment_id": "a1",
+            "applied": True,
+            "duplicate": False,
+            "balance": {"used": 1200, "rollover": 0, "purchased": 500},
+        },
     )
-    assert api.adjust("u1", "a2", "premium_voice", "rollover", -300)[1]["balance"] == {"used": 1200, "rollover": -300, "purchased": 500}
+    assert api.adjust("u1", "a2", "premium_voice", "rollover", -300)[1]["balance"] == {
+        "used": 1200,
+        "rollover": -300,
+        "purchased": 500,
+    }
     assert api.adjust("u1", "a3", "premium_voice", "purchased", -200)[1]["balance"]["purchased"] == 300
     rows = query("SELECT account, delta, reason, ref FROM journal WHERE reason = 'adjustment' ORDER BY ref")
     assert [tuple(r) for r in rows] == [

@@ -38,17 +38,33 @@ def test_batch_outcomes_in_request_order():
     assert status == 200
     results = body["results"]
     assert [(r["event_id"], r["status"]) for r in results] == [
-        ("a", "recorded"), ("bad", "rejected"), ("b", "recorded"), ("a", "duplicate"),
-        ("a", "rejected"), ("c", "rejected"), ("d", "recorded"),
+        ("a", "recorded"),
+        ("bad", "rejected"),
+        ("b", "recorded"),
+        ("a", "duplicate"),
+        ("a", "rejected"),
+        ("c", "rejected"),
+        ("d", "recorded"),
     ]
-    assert results[0]["breakdown"] == results[3]["breakdown"] == {
-        "from_subscription": 4000, "from_rollover": 0, "from_purchased": 0, "overflow_to_debt": 0}
-    assert results[2]["breakdown"] == {"from_subscription": 1000, "from_rollover": 0, "from_purchased": 0, "overflow_to_debt": 500}
+    assert (
+        results[0]["breakdown"]
+        == results[3]["breakdown"]
+        == {"from_subscription": 4000, "from_rollover": 0, "from_purchased": 0, "overflow_to_debt": 0}
+    )
+    assert results[2]["breakdown"] == {
+        "from_subscription": 1000,
+        "from_rollover": 0,
+        "from_purchased": 0,
+        "overflow_to_debt": 500,
+    }
     assert results[1]["error"]["code"] == "validation_error" and "amount" in results[1]["error"]["message"]
     assert results[4]["error"]["code"] == "event_id_conflict"
     assert results[5]["error"]["code"] == "unknown_usage_type"
     assert query("SELECT count(*) FROM usage_events")[0][0] == 3
-    assert query("SELECT rollover FROM balances WHERE user_id = 'u1' AND usage_type = 'premium_voice'")[0][0] == -500
+    assert (
+        query("SELECT rollover FROM balances WHERE user_id = 'u1' AND usage_type = 'premium_voice'")[0][0]
+        == -500
+    )
     assert_reconciled()
 
 
@@ -110,7 +126,11 @@ def dlq(monkeypatch):
 def dead_letters(sqs, url):
     messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"])
     return sorted(
-        (m["Body"], m["MessageAttributes"]["error_code"]["StringValue"], m["MessageAttributes"]["reason"]["StringValue"])
+        (
+            m["Body"],
+            m["MessageAttributes"]["error_code"]["StringValue"],
+            m["MessageAttributes"]["reason"]["StringValue"],
+        )
         for m in messages.get("Messages", [])
     )
 
@@ -129,7 +149,11 @@ def test_queue_records_and_dead_letters_what_can_never_succeed(dlq):
     assert result == {"batchItemFailures": []}
     letters = dead_letters(sqs, url)
     assert [(body, code) for body, code, _ in letters] == sorted(
-        [("{not json", "validation_error"), (bodies[2], "validation_error"), (bodies[4], "unknown_usage_type")]
+        [
+            ("{not json", "validation_error"),
+            (bodies[2], "validation_error"),
+            (bodies[4], "unknown_usage_type"),
+        ]
     )
     assert any("amount" in reason for _, _, reason in letters)
     assert query("SELECT count(*), sum(amount) FROM usage_events")[0] == (1, 5)
@@ -141,7 +165,11 @@ def test_queue_reports_only_retryable_failures_when_the_database_is_down(dlq, mo
     from tests.support.servers import reset_caches
 
     reset_caches()
-    bodies = [json.dumps(ev("q1", usage_type="server_kokoro")), "[]", json.dumps(ev("q2", usage_type="server_kokoro"))]
+    bodies = [
+        json.dumps(ev("q1", usage_type="server_kokoro")),
+        "[]",
+        json.dumps(ev("q2", usage_type="server_kokoro")),
+    ]
     result = handler("record", "queue_handler")(sqs_event(bodies), make_context("RecordQueueFunction"))
     assert result == {"batchItemFailures": [{"itemIdentifier": "m0"}, {"itemIdentifier": "m2"}]}
     assert [code for _, code, _ in dead_letters(sqs, url)] == ["validation_error"]

@@ -139,7 +139,9 @@ def test_redis_down_check_answers_from_the_database(monkeypatch, capsys):
         False,
     )
     # ... and says so in a metric (Powertools flushes EMF JSON to stdout)
-    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    emitted = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')
+    ]
     assert any(m.get("ReservationsUnavailable") == [1.0] for m in emitted)
     # records are unaffected
     assert api.record("e1", "u1", "premium_voice", 10)[0] == 201

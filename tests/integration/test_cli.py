@@ -15,7 +15,10 @@ from tests.support.state import query, subscribe, use_test_catalog
 def metering(*args, env=None):
     return subprocess.run(
         [sys.executable, "-m", "metering", *args],
-        capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -28,15 +31,27 @@ def test_migrate_twice_on_a_fresh_database(services):
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = admin.set(database=name).render_as_string(hide_password=False)
     try:
-        first, second = metering("migrate", env={"DATABASE_URL": url}), metering("migrate", env={"DATABASE_URL": url})
+        first, second = (
+            metering("migrate", env={"DATABASE_URL": url}),
+            metering("migrate", env={"DATABASE_URL": url}),
+        )
         assert first.returncode == 0, first.stderr
         assert second.returncode == 0, second.stderr
         assert first.stdout == second.stdout
         check = create_engine(url)
         with check.connect() as conn:
-            tables = set(conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars())
+            tables = set(
+                conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars()
+            )
         check.dispose()
-        assert {"usage_events", "journal", "balances", "periods", "stripe_events", "alembic_version"} <= tables
+        assert {
+            "usage_events",
+            "journal",
+            "balances",
+            "periods",
+            "stripe_events",
+            "alembic_version",
+        } <= tables
     finally:
         with engine.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -56,7 +71,9 @@ def test_reconcile_clean_then_reports_every_drift(clean):
     with engine.connect() as conn:
         conn.execute(text("UPDATE balances SET purchased = purchased + 7 WHERE user_id = 'u1'"))
         conn.execute(text("UPDATE period_usage SET used = used - 1"))
-        conn.execute(text("INSERT INTO balances (user_id, usage_type, rollover) VALUES ('u2', 'ocr_tokens', 3)"))
+        conn.execute(
+            text("INSERT INTO balances (user_id, usage_type, rollover) VALUES ('u2', 'ocr_tokens', 3)")
+        )
     engine.dispose()
     bad = metering("reconcile")
     assert bad.returncode == 1

@@ -24,7 +24,8 @@ def test_concurrent_check_and_reserve_never_grants_more_than_available():
     subscribe("u1", "basic")  # premium_voice: 5,000 available
     containers = 6
     granted = run_containers(
-        check_and_reserve, [("u1", "premium_voice", 700, [f"c{c}-r{i}" for i in range(4)]) for c in range(containers)]
+        check_and_reserve,
+        [("u1", "premium_voice", 700, [f"c{c}-r{i}" for i in range(4)]) for c in range(containers)],
     )
     total = sum(700 for per_container in granted for ok in per_container if ok)
     # 24 requests of 700 against 5,000: exactly 7 fit
@@ -38,8 +39,10 @@ def test_concurrent_records_for_one_user_end_where_the_sequential_sum_says():
     api.adjust("hot", "r", "premium_voice", "rollover", 1000)
     api.adjust("hot", "p", "premium_voice", "purchased", 2000)
     rng = random.Random(7)
-    events = [{"event_id": f"e{i}", "user_id": "hot", "usage_type": "premium_voice", "amount": rng.randint(1, 200)}
-              for i in range(240)]
+    events = [
+        {"event_id": f"e{i}", "user_id": "hot", "usage_type": "premium_voice", "amount": rng.randint(1, 200)}
+        for i in range(240)
+    ]
     total = sum(e["amount"] for e in events)
     assert total > 8000  # crosses allowance, rollover and purchased into debt
     results = run_containers(record_events, [(events[c::4],) for c in range(4)])
@@ -51,15 +54,19 @@ def test_concurrent_records_for_one_user_end_where_the_sequential_sum_says():
     assert sum(b["from_rollover"] for b in breakdowns) == 1000
     assert sum(b["from_purchased"] for b in breakdowns) == 2000
     assert sum(b["overflow_to_debt"] for b in breakdowns) == total - 8000
-    (row,) = query("SELECT rollover, purchased FROM balances WHERE user_id = 'hot' AND usage_type = 'premium_voice'")
+    (row,) = query(
+        "SELECT rollover, purchased FROM balances WHERE user_id = 'hot' AND usage_type = 'premium_voice'"
+    )
     assert (row.rollover, row.purchased) == (-(total - 8000), 0)
     assert query("SELECT used FROM period_usage")[0][0] == 5000
     assert_reconciled()
 
 
 def test_a_storm_of_redelivered_event_ids_applies_each_once():
-    events = [{"event_id": f"job-{i}", "user_id": f"u{i % 3}", "usage_type": "server_kokoro", "amount": i + 1}
-              for i in range(60)]
+    events = [
+        {"event_id": f"job-{i}", "user_id": f"u{i % 3}", "usage_type": "server_kokoro", "amount": i + 1}
+        for i in range(60)
+    ]
     deliveries = []
     for c in range(4):
         mine = events[:]  # every container delivers every event, in its own order
@@ -109,9 +116,11 @@ def _waiting_on_a_lock() -> bool:
     # its own autocommit connection: statistics views are frozen for the length of a transaction
     engine = create_engine(os.environ["DATABASE_URL"], isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
-        waiting = conn.execute(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )).scalar()
+        waiting = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+        ).scalar()
     engine.dispose()
     return bool(waiting)
 

@@ -50,9 +50,21 @@ def stranger_with_credit(clean):
 
 def test_every_event_file_is_covered_by_this_module():
     covered = {
-        "check", "release_reservation", "record_usage", "record_batch", "adjustment", "usage_queue",
-        "summary", "breakdown", "stats", "me_summary", "me_breakdown", "me_stats",
-        "maintenance_migrate", "maintenance_reconcile", "stripe_webhook",
+        "check",
+        "release_reservation",
+        "record_usage",
+        "record_batch",
+        "adjustment",
+        "usage_queue",
+        "summary",
+        "breakdown",
+        "stats",
+        "me_summary",
+        "me_breakdown",
+        "me_stats",
+        "maintenance_migrate",
+        "maintenance_reconcile",
+        "stripe_webhook",
     }
     assert {p.stem for p in EVENTS.glob("*.json")} <= covered
 
@@ -95,7 +107,11 @@ def test_maintenance_events(clean):
 def test_invoke_command_runs_an_event_file(clean):
     done = subprocess.run(
         [sys.executable, "-m", "metering", "invoke", "RecordFunction", "events/record_usage.json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env=dict(os.environ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)

@@ -11,7 +11,9 @@ from typing import Any
 _CTX = mp.get_context("spawn")
 
 
-def _container(env: dict[str, str], barrier: Any, results: Any, index: int, job: Callable[..., Any], args: tuple) -> None:
+def _container(
+    env: dict[str, str], barrier: Any, results: Any, index: int, job: Callable[..., Any], args: tuple
+) -> None:
     os.environ.update(env)
     from tests.support import api  # noqa: F401  (cold start: import the handlers before the barrier)
     from tests.support.lambda_events import handler
@@ -25,9 +27,15 @@ def _container(env: dict[str, str], barrier: Any, results: Any, index: int, job:
         results.put((index, error))
 
 
-def run_containers(job: Callable[..., Any], args_per_container: list[tuple], timeout: float = 180) -> list[Any]:
+def run_containers(
+    job: Callable[..., Any], args_per_container: list[tuple], timeout: float = 180
+) -> list[Any]:
     """Run `job(*args)` in one fresh process per args tuple, started at the same moment."""
-    env = {k: v for k, v in os.environ.items() if k in ("DATABASE_URL", "REDIS_URL", "METERING_CATALOG", "BILLING_ENABLED")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k in ("DATABASE_URL", "REDIS_URL", "METERING_CATALOG", "BILLING_ENABLED")
+    }
     barrier = _CTX.Barrier(len(args_per_container))
     results = _CTX.Queue()
     procs = [

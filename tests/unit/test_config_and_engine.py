@@ -13,12 +13,22 @@ from metering.db.engine import build_engine, database_url
 
 
 def test_contract_variables_are_read():
-    s = settings_from_env({
-        "DATABASE_URL": "postgresql+pg8000://u:p@h:5432/d", "REDIS_URL": "redis://r:6379/0",
-        "METERING_CATALOG": "/x.yaml", "STRIPE_WEBHOOK_SECRET": "whsec_x", "BILLING_ENABLED": "false",
-    })
+    s = settings_from_env(
+        {
+            "DATABASE_URL": "postgresql+pg8000://u:p@h:5432/d",
+            "REDIS_URL": "redis://r:6379/0",
+            "METERING_CATALOG": "/x.yaml",
+            "STRIPE_WEBHOOK_SECRET": "whsec_x",
+            "BILLING_ENABLED": "false",
+        }
+    )
     assert (s.database_url, s.redis_url, s.metering_catalog, s.stripe_webhook_secret, s.billing_enabled) == (
-        "postgresql+pg8000://u:p@h:5432/d", "redis://r:6379/0", "/x.yaml", "whsec_x", False)
+        "postgresql+pg8000://u:p@h:5432/d",
+        "redis://r:6379/0",
+        "/x.yaml",
+        "whsec_x",
+        False,
+    )
 
 
 def test_defaults_and_blank_values():
@@ -26,7 +36,9 @@ def test_defaults_and_blank_values():
     assert s.redis_url is None and s.billing_enabled is True and s.database_url is None
 
 
-@pytest.mark.parametrize(("var", "value"), [("BILLING_ENABLED", "perhaps"), ("DB_PORT", "five"), ("DB_POOL_SIZE", "0")])
+@pytest.mark.parametrize(
+    ("var", "value"), [("BILLING_ENABLED", "perhaps"), ("DB_PORT", "five"), ("DB_POOL_SIZE", "0")]
+)
 def test_bad_values_name_the_variable(var, value):
     with pytest.raises(ConfigurationError, match=var):
         settings_from_env({var: value})
@@ -49,8 +61,15 @@ def capture_connect_params(engine):
 
 def test_rds_iam_token_is_generated_for_each_new_connection(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
-    settings = Settings(db_host="127.0.0.1", db_port=5432, db_name="postgres", db_user="postgres",
-                        db_iam_auth=True, db_tls=False, aws_region="us-east-1")
+    settings = Settings(
+        db_host="127.0.0.1",
+        db_port=5432,
+        db_name="postgres",
+        db_user="postgres",
+        db_iam_auth=True,
+        db_tls=False,
+        aws_region="us-east-1",
+    )
     with mock_aws():
         engine = build_engine(settings)
         seen = capture_connect_params(engine)
@@ -70,8 +89,11 @@ def test_credentials_from_secrets_manager():
     parameters.clear_caches()
     with mock_aws():
         arn = boto3.client("secretsmanager", region_name="us-east-1").create_secret(
-            Name="metering/db", SecretString=json.dumps({"username": "postgres", "password": "s3cret"}))["ARN"]
-        settings = Settings(db_host="127.0.0.1", db_name="postgres", db_user="ignored", db_secret_arn=arn, db_tls=False)
+            Name="metering/db", SecretString=json.dumps({"username": "postgres", "password": "s3cret"})
+        )["ARN"]
+        settings = Settings(
+            db_host="127.0.0.1", db_name="postgres", db_user="ignored", db_secret_arn=arn, db_tls=False
+        )
         engine = build_engine(settings)
         seen = capture_connect_params(engine)
         with engine.connect() as conn:

@@ -116,3 +116,30 @@ def test_invoke_command_runs_an_event_file(clean):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["statusCode"] == 201 and json.loads(result["body"])["event_id"] == "job-123"
+
+
+def test_stripe_webhook_event(clean, monkeypatch):
+    from tests.support.stripe_events import SECRET, sign
+
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", SECRET)
+    from tests.support.servers import reset_caches
+
+    reset_caches()
+    event = json.loads((EVENTS / "stripe_webhook.json").read_text())
+    assert function_for(event) == "StripeWebhookFunction"
+    # the file carries a placeholder signature; sign its body now, as Stripe would at delivery
+    event["headers"]["stripe-signature"] = sign(event["body"])
+    result = load_handler(functions(TEMPLATE)["StripeWebhookFunction"])(
+        event, make_context("StripeWebhookFunction")
+    )
+    assert result["statusCode"] == 200, result
+    assert body(result) == {"status": "ok"}
+    from tests.support.state import query
+
+    assert [r.user_id for r in query("SELECT user_id FROM subscriptions")] == ["user-42"]
+    # as delivered, with its stale placeholder signature, it is refused
+    stale = json.loads((EVENTS / "stripe_webhook.json").read_text())
+    refused = load_handler(functions(TEMPLATE)["StripeWebhookFunction"])(
+        stale, make_context("StripeWebhookFunction")
+    )
+    assert (refused["statusCode"], body(refused)["error"]["code"]) == (400, "invalid_signature")

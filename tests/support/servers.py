@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 TABLES = (
-    "topups, renewals, stripe_pending_events, stripe_events, lifetime_stats, adjustments, "
+    "renewal_rollovers, topups, renewals, stripe_pending_events, stripe_events, lifetime_stats, adjustments, "
     "usage_events, journal, balances, period_usage, periods, subscriptions, accounts"
 )
 

@@ -340,10 +340,14 @@ def test_queue_consumer_and_dead_letter_queue(template: dict[str, Any]) -> None:
     resources = template["Resources"]
     props = _functions(template)["RecordQueueFunction"]
     assert props["Handler"] == "app.queue_handler"
-    sqs_events = [ev["Properties"] for ev in props["Events"].values() if ev["Type"] == "SQS"]
-    assert len(sqs_events) == 1
-    event = sqs_events[0]
-    assert event["Queue"] == {"Fn::GetAtt": ["UsageQueue", "Arn"]}
+    # declared as its own EventSourceMapping, not a SAM `SQS` event: that event would attach the
+    # AWS managed AWSLambdaSQSQueueExecutionRole (receive/delete on every queue in the account)
+    assert not [ev for ev in (props.get("Events") or {}).values() if ev["Type"] == "SQS"]
+    mappings = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
+    assert len(mappings) == 1
+    event = mappings[0]
+    assert event["FunctionName"] == {"Ref": "RecordQueueFunction"}
+    assert event["EventSourceArn"] == {"Fn::GetAtt": ["UsageQueue", "Arn"]}
     assert "ReportBatchItemFailures" in event.get("FunctionResponseTypes", []), "partial batch failures"
     assert event.get("ScalingConfig", {}).get("MaximumConcurrency"), "cap consumers with MaximumConcurrency"
 

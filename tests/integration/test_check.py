@@ -208,16 +208,14 @@ def test_a_settled_hold_counts_exactly_for_checks_that_read_the_database_before_
     from datetime import UTC, datetime
 
     from metering import reservations
-    from metering.db.engine import connect
+    from metering.db.engine import run_read
     from metering.db.store import load_state
 
     subscribe("u1", "basic")  # 5,000
     api.check("u1", "premium_voice", 2000, {"id": "doc", "ttl_seconds": 60})
-    with connect() as conn:
-        stale = load_state(conn, "u1", "premium_voice", datetime.now(UTC))
+    stale = run_read(lambda conn: load_state(conn, "u1", "premium_voice", datetime.now(UTC)))
     assert api.record("e1", "u1", "premium_voice", 2000, reservation_id="doc")[0] == 201
-    with connect() as conn:
-        fresh = load_state(conn, "u1", "premium_voice", datetime.now(UTC))
+    fresh = run_read(lambda conn: load_state(conn, "u1", "premium_voice", datetime.now(UTC)))
     assert fresh.version > stale.version
 
     def script(available, version):

@@ -12,6 +12,7 @@ answers from the database alone and says so (`reservations_counted: false`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,7 +50,8 @@ end
 
 # KEYS[1]: the user's reservation hash.
 # ARGV: usage_type, reservation_id ('' = none), amount, ttl_ms, available ('' = unlimited; may be
-# negative when debt exceeds the allowance), db_version.
+# negative when debt exceeds the allowance), db_version, deadline_ms (the client has given up after
+# it: a script that runs later, e.g. in a Redis that was paused, must not leave a hold nobody knows).
 # Returns {allowed 0/1, reserved by others, expires_at_ms or 0}.
 _CHECK_LUA = (
     _PARSE_LUA
@@ -76,7 +78,7 @@ if ARGV[5] ~= '' then
   if amount > available then allowed = 0 end
 end
 local expires = 0
-if allowed == 1 and rid ~= '' then
+if allowed == 1 and rid ~= '' and now <= tonumber(ARGV[7]) then
   expires = now + ttl
   redis.call('HSET', KEYS[1], rid, usage_type .. '|' .. ARGV[3] .. '|' .. expires .. '|')
   if expires > latest then latest = expires end
@@ -229,6 +231,7 @@ def check_and_hold(
         ttl_seconds * 1000,
         "" if available is None else available,
         db_version,
+        int((time.time() + get_settings().redis_timeout_s) * 1000),
     )
     expires_at = datetime.fromtimestamp(int(expires) / 1000, tz=UTC) if int(expires) else None
     return Hold(allowed=bool(allowed), reserved=int(reserved), expires_at=expires_at)

@@ -11,12 +11,13 @@ is pg8000 with pipelined statements (`metering.db.wire`): one round trip per sta
 
 from __future__ import annotations
 
+import select
 import ssl
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event, exc
 
@@ -25,6 +26,8 @@ from metering.errors import Unavailable
 
 # SQLSTATEs after which a whole transaction may simply run again.
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+# query_canceled (statement_timeout), lock_not_available (lock_timeout): not retried here
+TOO_SLOW_SQLSTATES = frozenset({"57014", "55P03"})
 
 
 def database_url(settings: Settings) -> str | URL:
@@ -76,17 +79,32 @@ def _install_idle_ping(engine: Engine, idle_s: float) -> None:
         record.info["idle_since"] = time.monotonic()
 
     @event.listens_for(engine, "checkout")
-    def _ping_if_idle(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+    def _discard_if_dead(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        # raising DisconnectionError makes the pool discard this connection and open a fresh one
+        if _hung_up(dbapi_conn):
+            raise exc.DisconnectionError("the server closed this pooled connection")
         since = record.info.get("idle_since")
         if since is None or time.monotonic() - since < idle_s:
             return
-        try:
+        try:  # long idle: a proxy or NAT may have dropped it without a word
             cursor = dbapi_conn.cursor()
             cursor.execute("SELECT 1")
             cursor.close()
         except Exception as error:
-            # the pool discards this connection and checks out a fresh one
             raise exc.DisconnectionError(str(error)) from error
+
+
+def _hung_up(dbapi_conn: Any) -> bool:
+    """An idle connection has nothing to read; if its socket is readable, the server has said
+    goodbye (a restart or an administrator's terminate) or closed it. Costs no round trip."""
+    sock = getattr(dbapi_conn, "_usock", None)
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _install_iam_token(engine: Engine, settings: Settings) -> None:
@@ -130,32 +148,40 @@ def reset_engine() -> None:
     get_engine.cache_clear()
 
 
-@contextmanager
-def connect() -> Iterator[Connection]:
-    """A connection for single-statement reads (autocommit: one round trip each)."""
-    try:
-        with get_engine().connect() as conn:
-            yield conn
-    except exc.DBAPIError as error:
-        if _is_disconnect(error):
-            raise Unavailable("database unavailable, retry later") from error
-        raise
+def run_read[T](work: Callable[[Connection], T], *, attempts: int = 2) -> T:
+    """Run read-only `work` on an autocommit connection (one round trip per statement), once more
+    on a fresh connection if the pooled one died unseen (e.g. the server restarted)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with get_engine().connect() as conn:
+                return work(conn)
+        except OSError as error:
+            raise Unavailable("database did not answer in time, retry later") from error
+        except exc.DBAPIError as error:
+            if not (_is_disconnect(error) and attempt < attempts):
+                _raise_translated(error)
+    raise AssertionError("unreachable")
 
 
 @contextmanager
 def transaction() -> Iterator[Connection]:
     """BEGIN ... COMMIT on one pooled connection; ROLLBACK (or discard the connection) on error."""
     with get_engine().connect() as conn:
-        conn.exec_driver_sql("BEGIN")
         try:
-            yield conn
-        except BaseException:
+            conn.exec_driver_sql("BEGIN")
             try:
-                conn.exec_driver_sql("ROLLBACK")
-            except Exception:
-                conn.invalidate()
+                yield conn
+            except BaseException:
+                try:
+                    conn.exec_driver_sql("ROLLBACK")
+                except Exception:
+                    conn.invalidate()
+                raise
+            conn.exec_driver_sql("COMMIT")
+        except exc.DBAPIError as error:
+            if _is_disconnect(error) and not conn.invalidated:
+                conn.invalidate()  # never hand a dead connection back to the pool
             raise
-        conn.exec_driver_sql("COMMIT")
 
 
 def run_in_transaction[T](work: Callable[[Connection], T], *, attempts: int = 3) -> T:
@@ -171,10 +197,17 @@ def run_in_transaction[T](work: Callable[[Connection], T], *, attempts: int = 3)
         except exc.DBAPIError as error:
             retryable = _is_disconnect(error) or sqlstate(error) in RETRYABLE_SQLSTATES
             if not retryable or attempt == attempts:
-                if _is_disconnect(error):
-                    raise Unavailable("database unavailable, retry later") from error
-                raise
+                _raise_translated(error)
     raise AssertionError("unreachable")
+
+
+def _raise_translated(error: exc.DBAPIError) -> NoReturn:
+    """What the caller should see: the database being gone or too slow is a 503, not a 500."""
+    if _is_disconnect(error):
+        raise Unavailable("database unavailable, retry later") from error
+    if sqlstate(error) in TOO_SLOW_SQLSTATES:
+        raise Unavailable("database too slow (statement or lock timeout), retry later") from error
+    raise error
 
 
 def sqlstate(error: exc.DBAPIError) -> str | None:

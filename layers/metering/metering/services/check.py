@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from metering import reservations
 from metering.api.models import CheckRequest, CheckResponse, ReservationOut
-from metering.db.engine import connect
+from metering.db.engine import run_read
 from metering.db.store import load_state
 from metering.domain.ledger import allowed, available, remaining
 from metering.domain.periods import resolve_period
@@ -18,8 +18,7 @@ from metering.services.context import meter
 def check(request: CheckRequest, now: datetime | None = None) -> CheckResponse:
     m = meter(request.usage_type)
     now = now or datetime.now(UTC)
-    with connect() as conn:
-        state = load_state(conn, request.user_id, request.usage_type, now)  # one round trip
+    state = run_read(lambda conn: load_state(conn, request.user_id, request.usage_type, now))  # 1 round trip
     spec = resolve_period(state.subscription, now, m.catalog.free_plan.id)
     row, used = state.period(spec)
     limit = m.limit(row.plan_id if row else spec.plan_id)

@@ -15,6 +15,7 @@ and no period row is created (the check and record create them when they need th
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,7 +37,7 @@ from metering.api.read_models import (
 )
 from metering.catalog import Catalog, UsageType, get_catalog
 from metering.config import get_settings
-from metering.db.engine import connect
+from metering.db.engine import run_read
 from metering.db.store import PeriodRow, subscription_state
 from metering.domain.ledger import available
 from metering.domain.periods import PeriodSpec, resolve_period
@@ -106,8 +107,7 @@ def summary(user_id: str, now: datetime | None = None) -> SummaryResponse:
     catalog = get_catalog()
     billing_enabled = get_settings().billing_enabled
     now = now or datetime.now(UTC)
-    with connect() as conn:
-        rows = conn.execute(_SUMMARY_SQL, {"u": user_id, "now": now}).all()  # one round trip
+    rows = run_read(lambda conn: conn.execute(_SUMMARY_SQL, {"u": user_id, "now": now}).all())  # 1 round trip
     first = rows[0]
     spec = resolve_period(subscription_state(first), now, catalog.free_plan.id)
 
@@ -265,7 +265,8 @@ def breakdown(
     window_start = parse_instant(start, "from") if start is not None else None
     window_end = parse_instant(end, "to") if end is not None else None
 
-    with connect() as conn:
+    def read(conn: Connection) -> Sequence[Any]:
+        nonlocal window_start, window_end
         if window_start is None or window_end is None:
             period = _current_period(conn, user_id, catalog, now or datetime.now(UTC))
             window_start = window_start or period.start
@@ -281,9 +282,12 @@ def breakdown(
                 f" {MAX_WINDOW.days} days"
             )
         sql, params = breakdown_sql(kinds)
-        rows = conn.execute(
+        return conn.execute(
             text(sql), {"u": user_id, "start": window_start, "end": window_end, **params}
         ).all()
+
+    rows = run_read(read)
+    assert window_start is not None and window_end is not None
 
     grouped: dict[str, list[BreakdownRowOut]] = {kind.id: [] for kind in kinds}
     for r in rows:
@@ -340,8 +344,7 @@ def _ordered_key(group_by: tuple[str, ...], stored: Any) -> dict[str, Any]:
 def stats(user_id: str) -> StatsResponse:
     """Lifetime totals per catalog usage type and breakdown group, from `lifetime_stats`."""
     catalog = get_catalog()
-    with connect() as conn:
-        rows = conn.execute(_STATS_SQL, {"u": user_id}).all()
+    rows = run_read(lambda conn: conn.execute(_STATS_SQL, {"u": user_id}).all())
 
     grouped: dict[str, list[StatsRowOut]] = {name: [] for name in catalog.usage_types}
     for r in rows:

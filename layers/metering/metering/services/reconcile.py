@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import text
 
-from metering.db.engine import connect
+from metering.db.engine import run_read
 
 _BALANCES_SQL = text(
     """
@@ -99,23 +99,28 @@ class Report:
 
 
 def reconcile(user_id: str | None = None) -> Report:
+    balances, counters = run_read(
+        lambda conn: (
+            conn.execute(_BALANCES_SQL, {"u": user_id}).all(),
+            conn.execute(_COUNTERS_SQL, {"u": user_id}).all(),
+        )
+    )
     drifts: list[Drift] = []
-    with connect() as conn:
-        for r in conn.execute(_BALANCES_SQL, {"u": user_id}):
-            for pool in ("rollover", "purchased"):
-                stored, journal = getattr(r, pool), getattr(r, f"journal_{pool}")
-                if stored != journal:
-                    drifts.append(Drift(r.user_id, r.usage_type, pool, stored, {"journal sum": journal}))
-        for r in conn.execute(_COUNTERS_SQL, {"u": user_id}):
-            drifts.append(
-                Drift(
-                    r.user_id,
-                    r.usage_type,
-                    f"used in period {r.period_start.isoformat()}",
-                    r.used,
-                    {"journal sum": r.journal_used, "from_subscription sum": r.events_used},
-                )
+    for r in balances:
+        for pool in ("rollover", "purchased"):
+            stored, journal = getattr(r, pool), getattr(r, f"journal_{pool}")
+            if stored != journal:
+                drifts.append(Drift(r.user_id, r.usage_type, pool, stored, {"journal sum": journal}))
+    for r in counters:
+        drifts.append(
+            Drift(
+                r.user_id,
+                r.usage_type,
+                f"used in period {r.period_start.isoformat()}",
+                r.used,
+                {"journal sum": r.journal_used, "from_subscription sum": r.events_used},
             )
+        )
     return Report(user_id, drifts)
 
 

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from metering.devtools.template import load_template
+
 pytestmark = [pytest.mark.infra, pytest.mark.xdist_group("infra")]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,30 +181,9 @@ def test_sam_build_without_containers(tmp_path: Path) -> None:
 # structure
 
 
-class CfnLoader(yaml.SafeLoader):
-    """SafeLoader that turns CloudFormation short-form tags into their long form."""
-
-
-def _cfn_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
-    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-        if suffix == "GetAtt":
-            value = value.split(".", 1)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-    return {name: value}
-
-
-CfnLoader.add_multi_constructor("!", _cfn_tag)
-
-
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    with TEMPLATE.open() as fh:
-        return yaml.load(fh, Loader=CfnLoader)  # a SafeLoader subclass
+    return load_template(TEMPLATE)
 
 
 def _functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from metering.devtools.template import load_template
 from tests.support import api
 from tests.support import stripe_events as stripe
 from tests.support.lambda_events import call, http_event
@@ -514,29 +514,9 @@ def _use_iam_database_auth(credentials: list[tuple[str, str]]) -> None:
 # --- IAM and routes in template.yaml ------------------------------------------------------------------------
 
 
-class CfnLoader(yaml.SafeLoader):
-    """SafeLoader that reads CloudFormation short-form tags (!Ref, !Sub, ...) as their long form."""
-
-
-def _cfn_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
-    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-        if suffix == "GetAtt":
-            value = value.split(".", 1)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-    return {name: value}
-
-
-CfnLoader.add_multi_constructor("!", _cfn_tag)
-
-
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    return yaml.load((ROOT / "template.yaml").read_text(), Loader=CfnLoader)  # a SafeLoader subclass
+    return load_template(ROOT / "template.yaml")
 
 
 def _functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:

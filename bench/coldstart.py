@@ -1,0 +1,258 @@
+"""Cold start: the import of each handler module in a fresh interpreter, and its peak memory.
+
+A copy of what `sam build` would ship is assembled in a temporary directory (nothing is written
+into the repository): the layer (`python/`: layers/metering/metering plus the distributions of
+layers/metering/requirements.txt and their dependencies, copied from the venv at the same pinned
+versions) and each function's code directory (app.py plus its own requirements.txt). Each handler
+is then imported in a fresh `python -S -B` (no site-packages, no .pyc writing) with only the
+function directory, the layer and the stdlib on sys.path, plus the venv's site-packages *last*
+as a stand-in for the Lambda runtime (which provides boto3): a module found only there is
+reported, because the layer would not have it.
+
+Two passes: without bytecode (the copy has no __pycache__: what Lambda does when the zip ships
+none) and after `python -m compileall -q` of the copy (bytecode compiled at build time).
+The import is timed inside the subprocess (time.perf_counter around exec_module); peak memory is
+the process's VmHWM after the import (/proc/self/status; ru_maxrss of a child forked from the
+big bench process would report the parent's peak, because Linux carries it across fork and exec).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.handlers import FUNCTIONS, ROOT
+
+HANDLERS = ("check", "record", "summary", "stripe_webhook", "maintenance")
+TARGETS_MS = {"stripe_webhook": 600.0}
+DEFAULT_TARGET_MS = 400.0
+LAYER_SRC = ROOT / "layers" / "metering"
+SITE = Path(sysconfig.get_paths()["purelib"])
+
+_PROBE = r"""
+import importlib.util, json, resource, sys, time
+fn_dir, layer, site = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.path[0:0] = [fn_dir, layer]
+sys.path.append(site)
+before = set(sys.modules)
+t0 = time.perf_counter()
+spec = importlib.util.spec_from_file_location("app", fn_dir + "/app.py")
+module = importlib.util.module_from_spec(spec)
+sys.modules["app"] = module
+spec.loader.exec_module(module)
+elapsed = time.perf_counter() - t0
+def hwm_kb():
+    # VmHWM is this process's own peak; ru_maxrss would carry over the forking parent's
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rss_kb = hwm_kb()
+def top(prefix):
+    names = set()
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None) or ""
+        if name not in before and f.startswith(prefix):
+            names.add(f[len(prefix):].lstrip("/").split("/")[0].removesuffix(".py"))
+    return sorted(names)
+print(json.dumps({"import_ms": elapsed * 1000, "maxrss_mb": rss_kb / 1024,
+                  "modules": len(set(sys.modules) - before),
+                  "from_layer": top(layer), "from_runtime_fallback": top(site)}))
+"""
+
+_BASELINE = (
+    "import json\n"
+    "kb = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+    "print(json.dumps({'maxrss_mb': kb / 1024}))"
+)
+
+
+def _requirements(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    return [line for line in lines if line]
+
+
+def _name(requirement: str) -> tuple[str, None]:
+    try:
+        from packaging.requirements import Requirement
+
+        req = Requirement(requirement)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            return "", None
+        return req.name, None
+    except ImportError:  # crude fallback: skip anything conditional
+        if ";" in requirement:
+            return "", None
+        return re.split(r"[<>=!~\[ ]", requirement, maxsplit=1)[0], None
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _closure(requirements: list[str], exclude: set[str]) -> list[md.Distribution]:
+    seen: dict[str, md.Distribution] = {}
+    todo = [_name(r)[0] for r in requirements]
+    while todo:
+        name = todo.pop()
+        key = _key(name)
+        if not name or key in seen or key in exclude:
+            continue
+        dist = md.distribution(name)
+        seen[key] = dist
+        todo += [_name(r)[0] for r in dist.requires or []]
+    return list(seen.values())
+
+
+def _copy_dists(dists: list[md.Distribution], target: Path) -> None:
+    for dist in dists:
+        for file in dist.files or []:
+            if file.parts[0] == ".." or "__pycache__" in file.parts or file.suffix == ".pyc":
+                continue
+            src = Path(dist.locate_file(file))
+            if src.is_file():
+                dest = target / file
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest)
+
+
+def build(workdir: Path) -> tuple[Path, dict[str, Path]]:
+    """Assemble the layer and the function directories as `sam build` would, without .pyc."""
+    layer = workdir / "layer" / "python"
+    layer.mkdir(parents=True)
+    shutil.copytree(
+        LAYER_SRC / "metering", layer / "metering", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    # boto3 is not a layer requirement (the runtime provides it), so the closure does not hold it
+    layer_dists = _closure(_requirements(LAYER_SRC / "requirements.txt"), set())
+    _copy_dists(layer_dists, layer)
+    in_layer = {_key(d.metadata["Name"]) for d in layer_dists}
+    functions: dict[str, Path] = {}
+    for name in HANDLERS:
+        src = FUNCTIONS / name
+        if not (src / "app.py").exists():
+            continue
+        dest = workdir / "functions" / name
+        shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        _copy_dists(_closure(_requirements(src / "requirements.txt"), in_layer), dest)
+        functions[name] = dest
+    return layer, functions
+
+
+def _probe(fn_dir: Path, layer: Path) -> dict[str, Any]:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "POWERTOOLS_SERVICE_NAME": "metering",
+        "POWERTOOLS_METRICS_NAMESPACE": "Metering",
+        "LANG": "C.UTF-8",
+    }
+    done = subprocess.run(
+        [sys.executable, "-S", "-B", "-c", _PROBE, str(fn_dir), str(layer), str(SITE)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["?"]
+        return {"error": tail[0][:300]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _measure(functions: dict[str, Path], layer: Path, runs: int) -> dict[str, Any]:
+    """Median of `runs` imports per handler, after one untimed import."""
+    out: dict[str, Any] = {}
+    for name, fn_dir in functions.items():
+        _probe(fn_dir, layer)  # untimed: the files are then in the page cache for every timed run
+        samples = [_probe(fn_dir, layer) for _ in range(runs)]
+        errors = [s["error"] for s in samples if "error" in s]
+        if errors:
+            out[name] = {"error": errors[0]}
+            continue
+        out[name] = {
+            "import_ms": statistics.median(s["import_ms"] for s in samples),
+            "import_ms_runs": [round(s["import_ms"], 1) for s in samples],
+            "maxrss_mb": statistics.median(s["maxrss_mb"] for s in samples),
+            "modules": samples[0]["modules"],
+            "from_layer": samples[0]["from_layer"],
+            "from_runtime_fallback": samples[0]["from_runtime_fallback"],
+        }
+    return out
+
+
+def _size(path: Path, pyc: bool) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for p in path.rglob("*"):
+        if p.is_file() and (pyc or "__pycache__" not in p.parts):
+            total += p.stat().st_size
+    return total
+
+
+def layer_contents(layer: Path) -> list[dict[str, Any]]:
+    rows = []
+    for entry in sorted(layer.iterdir()):
+        if entry.name.endswith(".dist-info") or entry.name == "__pycache__":
+            continue
+        rows.append(
+            {"name": entry.name, "kb": _size(entry, False) // 1024, "kb_with_pyc": _size(entry, True) // 1024}
+        )
+    return sorted(rows, key=lambda r: -r["kb"])
+
+
+def measure(runs: int, runs_without_pyc: int | None = None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="metering-bench-build-") as tmp:
+        workdir = Path(tmp)
+        layer, functions = build(workdir)
+        missing = [name for name in HANDLERS if name not in functions]
+        baseline = json.loads(
+            subprocess.run(
+                [sys.executable, "-S", "-B", "-c", _BASELINE], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        without = _measure(functions, layer, runs_without_pyc or runs)
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", "-j", "0", str(workdir)],
+            check=False,
+            capture_output=True,
+        )
+        with_pyc = _measure(functions, layer, runs)
+        contents = layer_contents(layer)
+        used = set()
+        for result in with_pyc.values():
+            used |= set(result.get("from_layer", []))
+        for row in contents:
+            row["imported_by"] = sorted(
+                n for n, r in with_pyc.items() if row["name"].removesuffix(".py") in r.get("from_layer", [])
+            )
+        return {
+            "method": "python -S -B, import of functions/<name>/app.py by path; layer copy in a temp dir",
+            "runs": runs,
+            "runs_without_pyc": runs_without_pyc or runs,
+            "interpreter_baseline_maxrss_mb": baseline["maxrss_mb"],
+            "with_pyc": with_pyc,
+            "without_pyc": without,
+            "missing_handlers": missing,
+            "layer": {
+                "total_kb": sum(r["kb"] for r in contents),
+                "total_kb_with_pyc": sum(r["kb_with_pyc"] for r in contents),
+                "entries": contents,
+            },
+            "targets_ms": {name: TARGETS_MS.get(name, DEFAULT_TARGET_MS) for name in functions},
+        }

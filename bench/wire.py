@@ -1,0 +1,195 @@
+"""Round trips counted at the wire.
+
+PostgreSQL: pg8000 writes protocol messages into a buffered socket file and sends them with
+`pg8000.core._flush`; it then blocks in `pg8000.core._read` for the answer. Both are module-level
+functions looked up at call time, so wrapping them counts every exchange of every connection: a
+round trip is a flush followed by a read (messages written after a flush and before the next read,
+like pg8000's Bind after its Describe, travel with the next flush; they add no wait).
+
+Redis: redis-py sends a command (or a whole pipeline) with `Connection.send_packed_command` and
+waits in `Connection.read_response`; a round trip is a send followed by a read (a health-check PING
+that the send does first counts as one of its own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass
+class Counter:
+    pg: int = 0
+    redis: int = 0
+    pg_flushes: int = 0
+    _pg_pending: bool = False
+    _redis_pending: bool = False
+
+    def snapshot(self) -> tuple[int, int]:
+        return self.pg, self.redis
+
+
+COUNTER = Counter()
+_installed = False
+_originals: dict[str, object] = {}
+
+
+def install() -> Counter:
+    """Wrap pg8000's and redis-py's send/receive functions (idempotent; for this process)."""
+    global _installed
+    if _installed:
+        return COUNTER
+    import pg8000.core as core
+    from redis.connection import AbstractConnection
+
+    flush, read = core._flush, core._read
+    _originals.update(pg_flush=flush, pg_read=read)
+
+    def counting_flush(sock):  # type: ignore[no-untyped-def]
+        COUNTER.pg_flushes += 1
+        COUNTER._pg_pending = True
+        return flush(sock)
+
+    def counting_read(sock, size):  # type: ignore[no-untyped-def]
+        if COUNTER._pg_pending:
+            COUNTER._pg_pending = False
+            COUNTER.pg += 1
+        return read(sock, size)
+
+    core._flush = counting_flush
+    core._read = counting_read
+
+    send, receive = AbstractConnection.send_packed_command, AbstractConnection.read_response
+    _originals.update(redis_send=send, redis_read=receive)
+
+    def counting_send(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        result = send(self, command, check_health)
+        COUNTER._redis_pending = True
+        return result
+
+    def counting_receive(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if COUNTER._redis_pending:
+            COUNTER._redis_pending = False
+            COUNTER.redis += 1
+        return receive(self, *args, **kwargs)
+
+    AbstractConnection.send_packed_command = counting_send  # type: ignore[method-assign]
+    AbstractConnection.read_response = counting_receive  # type: ignore[method-assign]
+    _installed = True
+    return COUNTER
+
+
+def uninstall() -> None:
+    """Put the original functions back (so that timed runs carry no counting overhead)."""
+    global _installed
+    if not _installed:
+        return
+    import pg8000.core as core
+    from redis.connection import AbstractConnection
+
+    core._flush = _originals["pg_flush"]
+    core._read = _originals["pg_read"]
+    AbstractConnection.send_packed_command = _originals["redis_send"]  # type: ignore[method-assign]
+    AbstractConnection.read_response = _originals["redis_read"]  # type: ignore[method-assign]
+    _installed = False
+
+
+@dataclass
+class Delta:
+    pg: int
+    redis: int
+    # (label, pg round trips, ms from execute to result, client CPU ms within it)
+    statements: list[tuple[str, int, float, float]]
+
+
+@contextlib.contextmanager
+def measure(engine=None) -> Iterator[Delta]:  # type: ignore[no-untyped-def]
+    """Round trips made inside the block; with `engine`, also each SQL statement and its trips."""
+    counter = install()
+    delta = Delta(0, 0, [])
+    pg0, redis0 = counter.snapshot()
+    listeners = []
+    if engine is not None:
+        from sqlalchemy import event
+
+        marks: list[tuple[int, int, int]] = []
+
+        def before(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+            marks.append((counter.pg, time.perf_counter_ns(), time.process_time_ns()))
+
+        def after(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+            pg0, t0, c0 = marks.pop()
+            ms = (time.perf_counter_ns() - t0) / 1e6
+            cpu = (time.process_time_ns() - c0) / 1e6
+            delta.statements.append((statement_label(statement), counter.pg - pg0, ms, cpu))
+
+        for name, fn in (("before_cursor_execute", before), ("after_cursor_execute", after)):
+            event.listen(engine, name, fn)
+            listeners.append((name, fn))
+    try:
+        yield delta
+    finally:
+        delta.pg = counter.pg - pg0
+        delta.redis = counter.redis - redis0
+        if engine is not None:
+            from sqlalchemy import event
+
+            for name, fn in listeners:
+                event.remove(engine, name, fn)
+
+
+def statement_label(sql: str) -> str:
+    """A short name for a statement: its first words, or the table of an INSERT/UPDATE/WITH."""
+    words = " ".join(sql.split())
+    known = (
+        ("FROM (SELECT CAST(:u AS text) AS user_id) k", "load_state (SELECT … 5 LEFT JOINs)"),
+        ("INSERT INTO usage_events", "insert event + lifetime_stats (WITH … INSERT)"),
+        ("INSERT INTO balances", "lock_pools (upsert balances + period_usage)"),
+        ("INSERT INTO periods", "ensure_period (upsert periods)"),
+        ("INSERT INTO journal", "post_entry (UPDATE balances/period_usage + INSERT journal)"),
+        ("FROM usage_events WHERE event_id", "original event (duplicate)"),
+    )
+    for needle, label in known:
+        if needle.replace(":u", "%s") in words or needle in words:
+            return label
+    return words[:40]
+
+
+def calibrate(admin_url: str, redis_url: str) -> dict[str, int]:
+    """Known cases, to show what the counters count (printed with the results)."""
+    import redis
+    from sqlalchemy import create_engine, text
+
+    counter = install()
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_size=1)
+    out: dict[str, int] = {}
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1").all()  # connect + dialect initialisation first
+            pg0 = counter.pg
+            conn.exec_driver_sql("SELECT 1").all()
+            out["pg: SELECT 1 (autocommit, simple query)"] = counter.pg - pg0
+            pg0 = counter.pg
+            conn.exec_driver_sql("BEGIN")
+            conn.exec_driver_sql("SELECT 1").all()
+            conn.exec_driver_sql("COMMIT")
+            out["pg: BEGIN; SELECT 1; COMMIT (3 simple queries)"] = counter.pg - pg0
+            pg0 = counter.pg
+            conn.execute(text("SELECT CAST(:x AS int)"), {"x": 1}).all()
+            out["pg: SELECT :x with a parameter (pg8000 unnamed extended query)"] = counter.pg - pg0
+        client = redis.Redis.from_url(redis_url)
+        client.ping()
+        r0 = counter.redis
+        client.ping()
+        out["redis: PING"] = counter.redis - r0
+        r0 = counter.redis
+        pipe = client.pipeline(transaction=False)
+        pipe.get("bench:calibration").get("bench:calibration").get("bench:calibration")
+        pipe.execute()
+        out["redis: pipeline of 3 GETs"] = counter.redis - r0
+        client.close()
+    finally:
+        engine.dispose()
+    return out

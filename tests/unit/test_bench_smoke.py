@@ -1,0 +1,77 @@
+"""The benchmark's statistics and parsing helpers (bench/ is a program; nothing here is timed)."""
+
+import pytest
+
+from bench import reference, stats
+from bench.report import table
+
+
+def test_percentile_interpolates_between_closest_ranks():
+    assert stats.percentile([1, 2, 3, 4], 50) == 2.5
+    assert stats.percentile(list(range(1, 101)), 99) == pytest.approx(99.01)
+    assert stats.percentile([7], 99) == 7
+    assert stats.percentile([3, 1, 2], 0) == 1
+    assert stats.percentile([3, 1, 2], 100) == 3
+    with pytest.raises(ValueError):
+        stats.percentile([], 50)
+
+
+def test_latency_summary_is_in_milliseconds():
+    summary = stats.latency_summary([1_000_000, 2_000_000, 3_000_000])
+    assert summary["p50_ms"] == 2.0
+    assert summary["max_ms"] == 3.0
+    assert summary["mean_ms"] == 2.0
+    assert summary["n"] == 3
+
+
+def test_median_of_runs_and_spread():
+    runs = [{"p50_ms": 1.0, "p99_ms": 5.0}, {"p50_ms": 3.0, "p99_ms": 4.0}, {"p50_ms": 2.0}]
+    assert stats.median_of(runs) == {"p50_ms": 2.0, "p99_ms": 4.5}
+    assert stats.spread([10.0, 12.0, 8.0]) == {"median": 10.0, "min": 8.0, "max": 12.0, "rel_spread": 0.4}
+
+
+def test_paired_ratio_and_throughput():
+    assert stats.paired_ratio([100, 300, 200], [1000, 1000, 1000]) == 0.2
+    with pytest.raises(ValueError):
+        stats.paired_ratio([1], [1, 2])
+    # 300 events from the first start (t=1) to the last end (t=4): 100 events/s
+    assert stats.throughput(300, [1.0, 1.5], [3.0, 4.0]) == 100.0
+
+
+def test_pgbench_output_is_parsed():
+    output = (
+        "number of transactions actually processed: 9812\n"
+        "number of failed transactions: 0 (0.000%)\n"
+        "latency average = 1.632 ms\n"
+        "initial connection time = 5.123 ms\n"
+        "tps = 2450.918127 (without initial connection time)\n"
+    )
+    assert reference.parse(output) == {"tps": 2450.918127, "latency_avg_ms": 1.632, "failed": 0.0}
+    with pytest.raises(RuntimeError):
+        reference.parse("connection refused")
+    assert "BEGIN;" in reference.script_text("hot") and "\\set u 1" in reference.script_text("hot")
+
+
+def test_table_renders_every_row():
+    rows = [
+        {
+            "figure": "check: p99",
+            "ours": 4.2,
+            "unit": "ms",
+            "reference": None,
+            "ratio": None,
+            "target": "≤ 5 ms",
+            "met": True,
+        },
+        {
+            "figure": "records",
+            "ours": 900.0,
+            "unit": "ev/s",
+            "reference": 2000.0,
+            "ratio": 0.45,
+            "target": "≥ 0.5x",
+            "met": False,
+        },
+    ]
+    text = table(rows)
+    assert "4.20 ms" in text and "0.45x" in text and "NO" in text and "yes" in text

@@ -25,6 +25,8 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
+from metering import reservations
+from metering.config import get_settings
 from tests.support import api
 from tests.support import stripe_events as stripe
 from tests.support.lambda_events import call, http_event
@@ -439,9 +441,14 @@ def test_redis_frozen_a_check_answers_within_its_timeout_and_creates_no_hold(pri
     redis_pid = private.redis.proc.pid
     os.kill(redis_pid, signal.SIGSTOP)
     try:
-        started = time.monotonic()
+        started, sent_at = time.monotonic(), time.time()
         status, body = api.check(USER, TYPE, 2000, {"id": "r1", "ttl_seconds": 300})
         elapsed = time.monotonic() - started
+        # Redis stays paused until the script's deadline has passed for sure (the deadline is
+        # computed before sending, so later than `sent_at` it cannot be)
+        deadline = sent_at + get_settings().redis_timeout_s + reservations.LATE_SCRIPT_MARGIN_S
+        while time.time() <= deadline + 0.05:
+            time.sleep(0.05)  # waiting for the clock to pass a known instant, not for another process
     finally:
         os.kill(redis_pid, signal.SIGCONT)
     assert (status, body["allowed"], body["reservation"], body["reservations_counted"]) == (

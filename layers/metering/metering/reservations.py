@@ -142,7 +142,13 @@ return out
 """
 )
 
-SETTLED_KEEP_MS = 60_000  # far longer than any check takes between its database read and Redis
+SETTLED_KEEP_MS = 60_000
+# A check script that reaches Redis later than the client's timeout plus this margin (Redis was
+# paused, or a failover replayed it) writes no hold: the caller has long been told none was made.
+# The margin is wide so that a busy machine's scheduling delays never cost a granted hold; a
+# Redis that wakes within it may still place a hold nobody knows about, which only makes checks
+# stricter until its TTL.
+LATE_SCRIPT_MARGIN_S = 2.0  # far longer than any check takes between its database read and Redis
 
 
 class ReservationsUnavailable(Exception):
@@ -231,7 +237,7 @@ def check_and_hold(
         ttl_seconds * 1000,
         "" if available is None else available,
         db_version,
-        int((time.time() + get_settings().redis_timeout_s) * 1000),
+        int((time.time() + get_settings().redis_timeout_s + LATE_SCRIPT_MARGIN_S) * 1000),
     )
     expires_at = datetime.fromtimestamp(int(expires) / 1000, tz=UTC) if int(expires) else None
     return Hold(allowed=bool(allowed), reserved=int(reserved), expires_at=expires_at)

@@ -145,11 +145,10 @@ def statement_label(sql: str) -> str:
     words = " ".join(sql.split())
     known = (
         ("FROM (SELECT CAST(:u AS text) AS user_id) k", "load_state (SELECT … 5 LEFT JOINs)"),
-        ("INSERT INTO usage_events", "insert event + lifetime_stats (WITH … INSERT)"),
-        ("INSERT INTO balances", "lock_pools (upsert balances + period_usage)"),
+        ("INSERT INTO usage_events", "post_entries + usage rows + lifetime_stats (one WITH statement)"),
+        ("INSERT INTO balances", "lock_pools (upsert balances + period_usage, + stored event ids)"),
         ("INSERT INTO periods", "ensure_period (upsert periods)"),
-        ("INSERT INTO journal", "post_entry (UPDATE balances/period_usage + INSERT journal)"),
-        ("FROM usage_events WHERE event_id", "original event (duplicate)"),
+        ("INSERT INTO journal", "post_entries (UPDATE balances/period_usage + INSERT journal)"),
     )
     for needle, label in known:
         if needle.replace(":u", "%s") in words or needle in words:

@@ -56,7 +56,30 @@ def test_record_round_trips(monkeypatch):
         assert api.record("e1", "u1", "premium_voice", 10)[0] == 201
     with count_round_trips(monkeypatch) as duplicate:
         assert api.record("e1", "u1", "premium_voice", 10)[0] == 200
-    # BEGIN, read state, lock pools, insert event (+ stats), journaled change, COMMIT
-    assert new == {"db": 6, "redis": 0}
-    # BEGIN, read state, lock pools, insert (no-op), read the original, COMMIT
-    assert duplicate == {"db": 6, "redis": 0}
+    # BEGIN, read state, lock pools (+ which ids exist), one write (event, journal, balances,
+    # counter, lifetime stats), COMMIT
+    assert new == {"db": 5, "redis": 0}
+    # BEGIN, read state, lock pools (+ which ids exist: this one, with its breakdown), COMMIT
+    assert duplicate == {"db": 4, "redis": 0}
+
+
+def _event(event_id: str, user_id: str) -> dict:
+    return {"event_id": event_id, "user_id": user_id, "usage_type": "premium_voice", "amount": 10}
+
+
+def test_batch_round_trips(monkeypatch):
+    """An HTTP batch of 500 new events over 50 existing users x 1 usage type: one transaction per
+    user, and in it one set-based write for the user's 10 events."""
+    users = [f"u{i}" for i in range(50)]
+    assert api.batch([_event(f"warm-{u}", u) for u in users])[0] == 200  # periods and balances exist
+    events = [_event(f"e{n}-{u}", u) for n in range(10) for u in users]
+    with count_round_trips(monkeypatch) as new:
+        status, body = api.batch(events)
+    assert status == 200 and [r["status"] for r in body["results"]] == ["recorded"] * 500
+    with count_round_trips(monkeypatch) as again:
+        status, body = api.batch(events)
+    assert status == 200 and [r["status"] for r in body["results"]] == ["duplicate"] * 500
+    # per user: BEGIN, read state, lock pools (+ which ids exist), write all 10 events, COMMIT
+    assert new == {"db": 50 * 5, "redis": 0}
+    # per user: BEGIN, read state, lock pools (+ which ids exist: all of them), COMMIT
+    assert again == {"db": 50 * 4, "redis": 0}

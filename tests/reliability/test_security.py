@@ -193,6 +193,11 @@ ASSEMBLED_SQL = {
     # CREATE DATABASE takes an identifier, which cannot be a bind parameter; dev tooling only,
     # called with the constant LOCAL_DB_NAME
     ("devtools/embedded.py", "local_database_url"): "identifier of a dev database, a constant",
+    # the journaled change plus the caller's further CTEs (`Alongside.ctes`: the record's usage
+    # rows and lifetime stats, a module constant of services/record.py), so that they are one
+    # statement; every value is a bind parameter
+    ("db/store.py", "_post_statement"): "journaled change + a module constant's CTEs (store.Alongside)",
+    ("db/store.py", "post_entries"): "executes the statement of _post_statement",
 }
 
 

@@ -30,6 +30,11 @@ RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, de
 TOO_SLOW_SQLSTATES = frozenset({"57014", "55P03"})
 
 
+class Retry(Exception):
+    """Raised by the work of `run_in_transaction` when what it read is no longer true (a
+    concurrent transaction got in between): roll back and run the whole work again."""
+
+
 def database_url(settings: Settings) -> str | URL:
     if settings.database_url:
         return settings.database_url
@@ -186,14 +191,17 @@ def transaction() -> Iterator[Connection]:
 
 def run_in_transaction[T](work: Callable[[Connection], T], *, attempts: int = 3) -> T:
     """Run `work` in one transaction, again from the start after a deadlock, a serialization
-    failure or a lost connection. Every write of this service is idempotent, so a transaction
-    whose COMMIT was lost in flight converges when it runs again."""
+    failure, a lost connection or a `Retry` raised by the work. Every write of this service is
+    idempotent, so a transaction whose COMMIT was lost in flight converges when it runs again."""
     for attempt in range(1, attempts + 1):
         try:
             with transaction() as conn:
                 return work(conn)
         except OSError as error:  # a socket timeout: the server is too slow or gone; don't pile on
             raise Unavailable("database did not answer in time, retry later") from error
+        except Retry as error:
+            if attempt == attempts:
+                raise Unavailable("too many concurrent changes, retry later") from error
         except exc.DBAPIError as error:
             retryable = _is_disconnect(error) or sqlstate(error) in RETRYABLE_SQLSTATES
             if not retryable or attempt == attempts:

@@ -1,19 +1,22 @@
 """SQL over one Connection: the only code that reads or writes the ledger tables.
 
-Every balance or period-counter change goes through `post_entry`, which writes the journal rows in
-the same statement as the change, so the journal invariant cannot be bypassed by a caller.
+Every balance or period-counter change goes through `post_entries` (`post_entry` for one change),
+which writes the journal rows in the same statement as the change, so the journal invariant
+cannot be bypassed by a caller.
 Serialization point: the `balances` row of (user, usage type), locked by `lock_pools` before any
 read that a change depends on. Records of different users never touch the same rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, TextClause, text
 
 from metering.domain.periods import PeriodSpec, SubscriptionState, resolve_period
 
@@ -135,6 +138,24 @@ _LOCK_SQL = text(
     SELECT b.rollover, b.purchased, b.version, c.used FROM b, c
     """
 )
+# The same lock, and the usage rows already stored under some event ids (LEFT JOIN: at least one row)
+_LOCK_WITH_EVENTS_SQL = text(
+    """
+    WITH b AS (
+        INSERT INTO balances (user_id, usage_type, version) VALUES (:u, :t, 1)
+        ON CONFLICT (user_id, usage_type) DO UPDATE SET updated_at = now(), version = balances.version + 1
+        RETURNING rollover, purchased, version
+    ), c AS (
+        INSERT INTO period_usage (period_id, usage_type) VALUES (:p, :t)
+        ON CONFLICT (period_id, usage_type) DO UPDATE SET used = period_usage.used
+        RETURNING used
+    )
+    SELECT b.rollover, b.purchased, b.version, c.used, x.event_id, x.user_id, x.usage_type, x.amount,
+           x.from_subscription, x.from_rollover, x.from_purchased, x.overflow_to_debt
+    FROM b CROSS JOIN c
+    LEFT JOIN usage_events x ON x.event_id = ANY(CAST(:ids AS text[]))
+    """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,20 +169,67 @@ class Pools:
         return {"used": self.used, "rollover": self.rollover, "purchased": self.purchased}
 
 
+def _pools(row: Any) -> Pools:
+    return Pools(used=row.used, rollover=row.rollover, purchased=row.purchased, version=row.version)
+
+
 def lock_pools(conn: Connection, user_id: str, usage_type: str, period_id: UUID) -> Pools:
     """Lock (user, usage type) for the rest of the transaction and read its latest balances.
 
     Both rows are upserts, so they exist afterwards, and ON CONFLICT DO UPDATE returns the newest
     committed version after waiting for any concurrent holder: no stale read after the wait.
     """
-    row = conn.execute(_LOCK_SQL, {"u": user_id, "t": usage_type, "p": period_id}).one()
-    return Pools(used=row.used, rollover=row.rollover, purchased=row.purchased, version=row.version)
+    return _pools(conn.execute(_LOCK_SQL, {"u": user_id, "t": usage_type, "p": period_id}).one())
 
 
-_POST_SQL = text(
+def lock_pools_and_events(
+    conn: Connection, user_id: str, usage_type: str, period_id: UUID, event_ids: Sequence[str]
+) -> tuple[Pools, list[Any]]:
+    """`lock_pools`, and in the same statement the stored usage rows of `event_ids`.
+
+    The pools are the newest committed version (see `lock_pools`), but the usage rows are read
+    with the statement's start snapshot (READ COMMITTED): if the lock had to wait, an event that
+    the previous holder inserted and committed meanwhile is missing from them. A caller that
+    treats a missing id as new must insert it with ON CONFLICT DO NOTHING and start the
+    transaction over (`engine.Retry`) when the insert comes back short.
     """
-    WITH d AS (
-        SELECT CAST(:du AS bigint) AS used, CAST(:dr AS bigint) AS rollover, CAST(:dp AS bigint) AS purchased
+    rows = conn.execute(
+        _LOCK_WITH_EVENTS_SQL, {"u": user_id, "t": usage_type, "p": period_id, "ids": list(event_ids)}
+    ).all()
+    return _pools(rows[0]), [r for r in rows if r.event_id is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One journaled change: deltas of the period counter and the pools, and what caused it."""
+
+    ref: str
+    used: int = 0
+    rollover: int = 0
+    purchased: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Alongside:
+    """Further writes made by the same statement as the journaled change: `ctes` is SQL text of
+    WITH items, each followed by a comma (`name AS (...),`), that may use :u, :t and :p; `params`
+    their other parameters, and `counted` the name of a CTE whose rows the statement counts.
+    They come first in the statement, so they show in pg_stat_activity's truncated text."""
+
+    ctes: str
+    params: dict[str, Any]
+    counted: str
+
+
+_POST_SQL = """
+    WITH {ctes} e AS (
+        SELECT * FROM unnest(CAST(:refs AS text[]), CAST(:du AS bigint[]), CAST(:dr AS bigint[]),
+                             CAST(:dp AS bigint[])) WITH ORDINALITY AS e (ref, used, rollover, purchased, n)
+    ), d AS (
+        SELECT CAST(coalesce(sum(e.used), 0) AS bigint) AS used,
+               CAST(coalesce(sum(e.rollover), 0) AS bigint) AS rollover,
+               CAST(coalesce(sum(e.purchased), 0) AS bigint) AS purchased
+        FROM e
     ), b AS (
         UPDATE balances SET rollover = balances.rollover + d.rollover,
                             purchased = balances.purchased + d.purchased, updated_at = now()
@@ -175,16 +243,60 @@ _POST_SQL = text(
         RETURNING 1
     ), j AS (
         INSERT INTO journal (user_id, usage_type, account, period_id, delta, reason, ref)
-        SELECT :u, :t, v.account, v.period_id, v.delta, :reason, :ref
-        FROM d, LATERAL (VALUES ('used', CAST(:p AS uuid), d.used),
-                                ('rollover', NULL, d.rollover),
-                                ('purchased', NULL, d.purchased)) AS v (account, period_id, delta)
+        SELECT :u, :t, v.account, v.period_id, v.delta, :reason, e.ref
+        FROM e, LATERAL (VALUES ('used', CAST(:p AS uuid), e.used),
+                                ('rollover', NULL, e.rollover),
+                                ('purchased', NULL, e.purchased)) AS v (account, period_id, delta)
         WHERE v.delta <> 0
         RETURNING 1
     )
-    SELECT (SELECT count(*) FROM b) AS balances, (SELECT count(*) FROM c) AS counters
+    SELECT (SELECT count(*) FROM b) AS balances, (SELECT count(*) FROM c) AS counters,
+           {counted} AS counted
+"""
+
+
+@lru_cache(maxsize=16)
+def _post_statement(ctes: str, counted: str | None) -> TextClause:
+    return text(_POST_SQL.format(ctes=ctes, counted=f"(SELECT count(*) FROM {counted})" if counted else "0"))
+
+
+def post_entries(
+    conn: Connection,
+    *,
+    user_id: str,
+    usage_type: str,
+    reason: str,
+    entries: Sequence[Entry],
+    period_id: UUID | None = None,
+    alongside: Alongside | None = None,
+) -> int:
+    """THE way to change balances and period counters: one statement applies the summed deltas of
+    `entries` to the (user, usage type) balances and the period's counter, and writes one journal
+    row per entry and nonzero delta. `alongside` adds the caller's own writes to the statement.
+    Returns the number of rows of `alongside.counted` (0 without one).
+
+    The caller holds the lock from `lock_pools` (which also guarantees both rows exist).
     """
-)
+    if period_id is None and any(e.used for e in entries):
+        raise ValueError("a change of the period counter needs its period")
+    params: dict[str, Any] = {
+        "u": user_id,
+        "t": usage_type,
+        "p": period_id,
+        "refs": [e.ref for e in entries],
+        "du": [e.used for e in entries],
+        "dr": [e.rollover for e in entries],
+        "dp": [e.purchased for e in entries],
+        "reason": reason,
+    }
+    statement = _post_statement(alongside.ctes, alongside.counted) if alongside else _post_statement("", None)
+    if alongside is not None:
+        params.update(alongside.params)
+    row = conn.execute(statement, params).one()
+    pools_changed = any(e.rollover or e.purchased for e in entries)
+    if (pools_changed and row.balances != 1) or (any(e.used for e in entries) and row.counters != 1):
+        raise RuntimeError(f"post_entries({user_id}, {usage_type}) found no row to change: lock_pools first")
+    return int(row.counted)
 
 
 def post_entry(
@@ -199,34 +311,29 @@ def post_entry(
     rollover: int = 0,
     purchased: int = 0,
 ) -> None:
-    """Change balances and/or a period counter by the given deltas, journaled in the same statement.
-
-    The caller holds the lock from `lock_pools` (which also guarantees both rows exist).
-    """
-    if used and period_id is None:
-        raise ValueError("a change of the period counter needs its period")
-    row = conn.execute(
-        _POST_SQL,
-        {
-            "u": user_id,
-            "t": usage_type,
-            "p": period_id,
-            "du": used,
-            "dr": rollover,
-            "dp": purchased,
-            "reason": reason,
-            "ref": ref,
-        },
-    ).one()
-    if ((rollover or purchased) and row.balances != 1) or (used and row.counters != 1):
-        raise RuntimeError(f"post_entry({user_id}, {usage_type}) found no row to change: lock_pools first")
+    """`post_entries` with one entry."""
+    post_entries(
+        conn,
+        user_id=user_id,
+        usage_type=usage_type,
+        reason=reason,
+        entries=(Entry(ref, used, rollover, purchased),),
+        period_id=period_id,
+    )
 
 
 def lock_current(
     conn: Connection, user_id: str, usage_type: str, now: datetime, free_plan_id: str
 ) -> tuple[PeriodRow, Pools]:
     """The period containing `now` (created if missing) and the locked pools of (user, type)."""
+    period = current_period(conn, user_id, usage_type, now, free_plan_id)
+    return period, lock_pools(conn, user_id, usage_type, period.period_id)
+
+
+def current_period(
+    conn: Connection, user_id: str, usage_type: str, now: datetime, free_plan_id: str
+) -> PeriodRow:
+    """The period containing `now`, created if missing."""
     state = load_state(conn, user_id, usage_type, now)
     spec = resolve_period(state.subscription, now, free_plan_id)
-    period = state.period(spec)[0] or ensure_period(conn, user_id, spec)
-    return period, lock_pools(conn, user_id, usage_type, period.period_id)
+    return state.period(spec)[0] or ensure_period(conn, user_id, spec)

@@ -14,6 +14,11 @@ pg8000 also rewrites `%s` placeholders to `$n` by scanning the SQL text characte
 every execute (a third of a record's CPU time in a profile). For the `format` paramstyle that
 SQLAlchemy uses, the result depends on the text alone and the arguments pass through unchanged,
 so it is computed once per statement text.
+
+Python lists are sent as array literals (the set-based record passes its rows as arrays, cast in
+the SQL). pg8000 escapes every string of an array character by character in Python; lists of
+str, int and None are written here with `str.replace` instead (every element quoted, which the
+array syntax always allows), anything else still by pg8000.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from functools import lru_cache
 from typing import Any
 
 import pg8000
-from pg8000 import core, legacy
+from pg8000 import converters, core, legacy
 from pg8000.converters import make_params
 
 _DESCRIBE_PORTAL = b"P" + core.NULL_BYTE
@@ -45,7 +50,25 @@ def convert_paramstyle(style: str, query: str, args: Any) -> tuple[str, Any]:
 legacy.convert_paramstyle = convert_paramstyle  # what legacy.Cursor.execute calls
 
 
+def _array_literal(values: list[Any]) -> str:
+    parts = []
+    for v in values:
+        if v is None:
+            parts.append("NULL")
+        elif type(v) is int:
+            parts.append(str(v))
+        elif type(v) is str:
+            parts.append('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        else:
+            return str(converters.array_out(values))
+    return "{" + ",".join(parts) + "}"
+
+
 class PipelinedConnection(legacy.Connection):
+    def __init__(self, user: str, **kwargs: Any) -> None:
+        super().__init__(user, **kwargs)
+        self.py_types[list] = _array_literal
+
     def execute_unnamed(self, statement: str, vals: Any = (), oids: Any = (), stream: Any = None) -> Any:
         if stream is not None:  # COPY keeps pg8000's own exchange
             return super().execute_unnamed(statement, vals=vals, oids=oids, stream=stream)

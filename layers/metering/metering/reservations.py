@@ -102,7 +102,8 @@ return 1
 """
 )
 
-# KEYS[1]: the user's reservation hash; ARGV: reservation id, balances version, keep_ms.
+# KEYS[1]: the user's reservation hash; ARGV: reservation id, balances version, keep_ms, usage type
+# of the record.
 _SETTLE_LUA = (
     _PARSE_LUA
     + """
@@ -110,7 +111,14 @@ local value = redis.call('HGET', KEYS[1], ARGV[1])
 if not value then return 0 end
 local rtype, ramount, rexp, settled = parse(value)
 if settled ~= nil then return 0 end
-local keep = now_ms() + tonumber(ARGV[3])
+local now = now_ms()
+if rexp <= now or rtype ~= ARGV[4] then
+  -- expired, or held for another usage type than the record's: nothing recorded can be counted
+  -- twice against it, so it simply goes (and an expired hold is never revived)
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 0
+end
+local keep = now + tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], ARGV[1], rtype .. '|' .. ramount .. '|' .. keep .. '|' .. ARGV[2])
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIREAT', KEYS[1], keep) end
 return 1
@@ -248,13 +256,14 @@ def release(user_id: str, reservation_id: str) -> bool:
     return bool(_run(_RELEASE, user_id, reservation_id))
 
 
-def settle(user_id: str, reservation_id: str, version: int) -> None:
-    """After a record committed: mark its hold settled by balances `version` (see above).
+def settle(user_id: str, reservation_id: str, usage_type: str, version: int) -> None:
+    """After a record of `usage_type` committed: mark its hold settled by that usage type's
+    balances `version` (see above); a hold of another usage type, or an expired one, is dropped.
 
     Best effort: a hold left unsettled only makes checks stricter until its TTL, and the usage
     itself is already safely recorded."""
     try:
-        _run(_SETTLE, user_id, reservation_id, version, SETTLED_KEEP_MS)
+        _run(_SETTLE, user_id, reservation_id, version, SETTLED_KEEP_MS, usage_type)
     except ReservationsUnavailable as error:
         logger.warning(
             "could not settle reservation", extra={"reservation_id": reservation_id, "error": str(error)}

@@ -320,7 +320,7 @@ def _settle_reservations(events: list[UsageRequest], outcomes: list[Outcome | No
     # after commit: the usage is safely stored before its hold disappears
     for event, outcome in zip(events, outcomes, strict=True):
         if event.reservation_id and outcome is not None and outcome.status in ("recorded", "duplicate"):
-            reservations.settle(event.user_id, event.reservation_id, outcome.version)
+            reservations.settle(event.user_id, event.reservation_id, event.usage_type, outcome.version)
 
 
 def _count(outcomes: list[Outcome | None]) -> None:

@@ -37,8 +37,7 @@ Settings: derandomized (a failure reproduces), no example database, shrinking on
 to 50 steps by default (about 45 s on a busy two-core machine). A soak: METERING_MODEL_EXAMPLES=600
 METERING_MODEL_STEPS=70; METERING_MODEL_RANDOM=1 explores fresh random examples instead of the fixed
 ones; METERING_MODEL_STATS=1 prints what the run did. Failing examples found are kept in
-test_regressions.py. RECORDS_SETTLE_OTHER_TYPES below keeps the machine away from a known service
-bug until it is fixed.
+test_regressions.py.
 """
 
 from __future__ import annotations
@@ -69,11 +68,6 @@ HOLDS = ("r0", "r1", "r2")
 PLANS = ("basic", "plus")
 RENEWAL_ORDERS = ("snapshot_first", "invoice_first", "failed_first")  # by Stripe's `created`
 MAX_RENEWALS = 12
-# A record naming a hold of ANOTHER usage type: the service marks the hold settled with the record's
-# balances version, which the hold's own usage type does not compare against, so the hold keeps
-# counting (test_regressions.py::test_record_naming_a_hold_of_another_usage_type_releases_it). Until
-# that is fixed the machine names only holds of the record's own usage type; set True to explore it.
-RECORDS_SETTLE_OTHER_TYPES = False
 CATALOG = CatalogSpec.load(TEST_CATALOG)
 STATS: Counter[str] = Counter()  # what the run did; printed with METERING_MODEL_STATS=1
 
@@ -177,8 +171,6 @@ class Hold:
 class LedgerMachine(RuleBasedStateMachine):
     """One example = empty database and Redis, two users, a queue of undelivered Stripe events."""
 
-    settle_other_types = RECORDS_SETTLE_OTHER_TYPES
-
     def __init__(self) -> None:
         super().__init__()
         se.wipe()
@@ -191,7 +183,6 @@ class LedgerMachine(RuleBasedStateMachine):
         self.serial = 0
         self.event_ids: list[str] = []  # usage event ids, in order
         self.adjustment_ids: list[str] = []
-        self.hold_types: dict[tuple[str, str], str] = {}  # (user, hold id) -> usage type last held
         STATS["examples"] += 1
 
     # --- helpers -----------------------------------------------------------------------------------------
@@ -268,8 +259,6 @@ class LedgerMachine(RuleBasedStateMachine):
             else {"id": body["reservation"]["id"], "amount": body["reservation"]["amount"]}
         )
         assert got == expected, (user, usage_type, amount, hold)
-        if got["reservation"] is not None:
-            self.hold_types[(user, got["reservation"]["id"])] = usage_type
         STATS[f"check allowed={got['allowed']} hold={hold is not None}"] += 1
         assert body["reservations_counted"] is True
 
@@ -291,7 +280,6 @@ class LedgerMachine(RuleBasedStateMachine):
         hold=st.none() | st.sampled_from(HOLDS),
     )
     def record(self, user: str, usage_type: str, amount: int, hold: str | None) -> None:
-        hold = self.nameable(user, usage_type, hold)
         event_id = self.next_id("ev-")
         self.event_ids.append(event_id)
         self._record(event_id, user, usage_type, amount, hold)
@@ -312,17 +300,7 @@ class LedgerMachine(RuleBasedStateMachine):
             usage_type = next(t for t in USAGE_TYPES if t != usage_type)
         elif change == "user":
             user = next(u for u in USERS if u != user)
-        hold = self.nameable(user, usage_type, hold)
         self._record(event_id, user, usage_type, amount, hold)
-
-    def nameable(self, user: str, usage_type: str, hold: str | None) -> str | None:
-        """The hold a record may name (see RECORDS_SETTLE_OTHER_TYPES): not one last made for another
-        usage type, live or not (an expired hold stays in Redis until a check sweeps it, and
-        settling it revives it for 60 s)."""
-        made = self.hold_types.get((user, hold)) if hold is not None else None
-        if self.settle_other_types or made is None or made == usage_type:
-            return hold
-        return None
 
     def _record(self, event_id: str, user: str, usage_type: str, amount: int, hold: str | None) -> None:
         fields = {} if hold is None else {"reservation_id": hold}

@@ -2,8 +2,8 @@
 the state machine with its invariants (summary = model, `reconcile` clean) checked after every step,
 plus explicit numbers so that each test says what it expects without reading the model.
 
-- Found by hypothesis: test_record_naming_a_hold_of_another_usage_type_releases_it (a service bug,
-  failing until fixed; see its docstring).
+- Found by hypothesis: a record naming a hold of another usage type (directly, or once the hold had
+  expired) left it counting; a service bug, fixed in d0ba7fd (see the two tests' docstrings).
 - Hand-written, for the interleavings the model targets: a renewal delivered before the upgrade
   snapshot of its ending period, a renewal delivered before the subscription's first snapshot, a
   failed-then-paid renewal delivered backwards, and a record settling a hold followed by a re-check.
@@ -59,7 +59,7 @@ def summary(user: str) -> dict[str, Any]:
 
 
 def test_record_naming_a_hold_of_another_usage_type_releases_it():
-    """SERVICE BUG (found by the model test; fails until fixed).
+    """SERVICE BUG found by the model test, fixed in d0ba7fd.
 
     metering.md "Record" 5: a record that names a reservation releases it. A record of one usage type
     naming a hold of ANOTHER usage type leaves the hold counting: the hold is no longer live (release
@@ -71,11 +71,10 @@ def test_record_naming_a_hold_of_another_usage_type_releases_it():
     `_PARSE_LUA`: settled > db_version) compares it with the version of the HOLD's usage type, an
     unrelated counter (here 0: server_kokoro has no balances row yet, premium_voice is at 1).
 
-    Proposed fix (metering/reservations.py + services/record.py): pass the record's usage type to
-    `settle`; in `_SETTLE_LUA`, when the hold's type differs, HDEL the hold (nothing of its type was
-    recorded, so no check can count those units twice) instead of marking it settled.
+    Fix (metering/reservations.py, services/record.py): `settle` is given the record's usage type;
+    `_SETTLE_LUA` drops (HDEL) a hold of another type instead of marking it settled.
     """
-    state = Replay(settle_other_types=True)
+    state = Replay()
     state.check(amount=1, hold="r0", usage_type="server_kokoro", user="u2")
     state.record(amount=1, hold="r0", usage_type="premium_voice", user="u2")
     # the same, spelled out
@@ -85,17 +84,17 @@ def test_record_naming_a_hold_of_another_usage_type_releases_it():
 
 
 def test_record_naming_an_expired_hold_of_another_usage_type_does_not_revive_it():
-    """SERVICE BUG (found by the model test's soak; fails until fixed). Same cause as above, reached
+    """SERVICE BUG found by the model test's soak, fixed in d0ba7fd. Same cause as above, reached
     through an expired hold: `_SETTLE_LUA` does not look at the hold's deadline, so settling an
     expired hold (still in the hash until a check of that user sweeps it) rewrites it with a fresh
     60 s keep; with the cross-type version comparison it then counts again (here 6,152 units of
-    server_kokoro reserved by a hold that had expired). The fix above (HDEL a hold of another type)
-    covers it; `_SETTLE_LUA` should also HDEL, not settle, a hold whose deadline has passed.
+    server_kokoro reserved by a hold that had expired). Fixed with the above: `_SETTLE_LUA` also
+    drops, never settles, a hold whose deadline has passed.
 
     Shrunk example (the steps that matter): u2 on basic (server_kokoro unlimited) holds r0, the hold
     expires, a premium_voice record names r0.
     """
-    state = Replay(settle_other_types=True)
+    state = Replay()
     state.start(u1=None, u2="basic")
     state.deliver_next()
     state.check(amount=6152, hold="r0", usage_type="server_kokoro", user="u2")

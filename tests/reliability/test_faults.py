@@ -462,11 +462,16 @@ def test_redis_frozen_a_check_answers_within_its_timeout_and_creates_no_hold(pri
     # Redis has caught up with whatever was sent to it while frozen once the check's abandoned
     # connection is gone (only this probe's, and maybe the fixture's idle one, are left)
     probe = redis.Redis.from_url(private.redis.url)
-    wait_for(
-        lambda: not [c for c in probe.client_list() if c["cmd"] not in ("client|list", "flushall")],
-        30,
-        "Redis to drop the abandoned connection",
-    )
+    lingering: list[Any] = []
+
+    def dropped() -> bool:
+        lingering[:] = [c for c in probe.client_list() if c["cmd"] not in ("client|list", "flushall")]
+        return not lingering
+
+    try:
+        wait_for(dropped, 30, "Redis to drop the abandoned connection")
+    except TimeoutError as error:
+        raise AssertionError(f"{error}; still connected: {lingering}") from None
     probe.close()
 
     status, body = api.check(USER, TYPE, 5000)

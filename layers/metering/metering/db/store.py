@@ -124,22 +124,9 @@ def ensure_period(conn: Connection, user_id: str, spec: PeriodSpec) -> PeriodRow
     raise RuntimeError(f"period row for {user_id} at {spec.start} neither inserted nor found")
 
 
+# The lock of (user, usage type), and the usage rows already stored under some event ids
+# (LEFT JOIN: always at least one row)
 _LOCK_SQL = text(
-    """
-    WITH b AS (
-        INSERT INTO balances (user_id, usage_type, version) VALUES (:u, :t, 1)
-        ON CONFLICT (user_id, usage_type) DO UPDATE SET updated_at = now(), version = balances.version + 1
-        RETURNING rollover, purchased, version
-    ), c AS (
-        INSERT INTO period_usage (period_id, usage_type) VALUES (:p, :t)
-        ON CONFLICT (period_id, usage_type) DO UPDATE SET used = period_usage.used
-        RETURNING used
-    )
-    SELECT b.rollover, b.purchased, b.version, c.used FROM b, c
-    """
-)
-# The same lock, and the usage rows already stored under some event ids (LEFT JOIN: at least one row)
-_LOCK_WITH_EVENTS_SQL = text(
     """
     WITH b AS (
         INSERT INTO balances (user_id, usage_type, version) VALUES (:u, :t, 1)
@@ -179,7 +166,7 @@ def lock_pools(conn: Connection, user_id: str, usage_type: str, period_id: UUID)
     Both rows are upserts, so they exist afterwards, and ON CONFLICT DO UPDATE returns the newest
     committed version after waiting for any concurrent holder: no stale read after the wait.
     """
-    return _pools(conn.execute(_LOCK_SQL, {"u": user_id, "t": usage_type, "p": period_id}).one())
+    return lock_pools_and_events(conn, user_id, usage_type, period_id, ())[0]
 
 
 def lock_pools_and_events(
@@ -194,7 +181,7 @@ def lock_pools_and_events(
     transaction over (`engine.Retry`) when the insert comes back short.
     """
     rows = conn.execute(
-        _LOCK_WITH_EVENTS_SQL, {"u": user_id, "t": usage_type, "p": period_id, "ids": list(event_ids)}
+        _LOCK_SQL, {"u": user_id, "t": usage_type, "p": period_id, "ids": list(event_ids)}
     ).all()
     return _pools(rows[0]), [r for r in rows if r.event_id is not None]
 

@@ -10,7 +10,6 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.support import api
-from tests.support.lambda_events import call, http_event
 from tests.support.state import query, subscribe, use_test_catalog
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -22,20 +21,11 @@ def catalog(clean):
 
 
 def breakdown(user_id, **params):
-    return call(
-        "summary",
-        http_event(
-            "GET",
-            f"/v1/users/{user_id}/breakdown",
-            route="/v1/users/{user_id}/breakdown",
-            path_parameters={"user_id": user_id},
-            query=params or None,
-        ),
-    )
+    return api.read("breakdown", user_id, **params)
 
 
 def my_breakdown(sub=None, **params):
-    return call("summary", http_event("GET", "/v1/me/breakdown", jwt_sub=sub, query=params or None))
+    return api.read_me("breakdown", sub, **params)
 
 
 def iso(moment):

@@ -5,7 +5,6 @@ import pytest
 from sqlalchemy import event
 
 from tests.support import api
-from tests.support.lambda_events import call, http_event
 from tests.support.state import query, subscribe, use_test_catalog
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -17,19 +16,11 @@ def catalog(clean):
 
 
 def stats(user_id):
-    return call(
-        "summary",
-        http_event(
-            "GET",
-            f"/v1/users/{user_id}/stats",
-            route="/v1/users/{user_id}/stats",
-            path_parameters={"user_id": user_id},
-        ),
-    )
+    return api.read("stats", user_id)
 
 
 def my_stats(sub=None):
-    return call("summary", http_event("GET", "/v1/me/stats", jwt_sub=sub))
+    return api.read_me("stats", sub)
 
 
 def record(event_id, usage_type, amount, user="u1", **fields):

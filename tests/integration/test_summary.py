@@ -9,7 +9,6 @@ import redis
 from sqlalchemy import event
 
 from tests.support import api
-from tests.support.lambda_events import call, http_event
 from tests.support.state import query, subscribe, use_test_catalog
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -32,19 +31,11 @@ def catalog(clean):
 
 
 def summary(user_id):
-    return call(
-        "summary",
-        http_event(
-            "GET",
-            f"/v1/users/{user_id}/summary",
-            route="/v1/users/{user_id}/summary",
-            path_parameters={"user_id": user_id},
-        ),
-    )
+    return api.read("summary", user_id)
 
 
 def my_summary(sub=None):
-    return call("summary", http_event("GET", "/v1/me/summary", jwt_sub=sub))
+    return api.read_me("summary", sub)
 
 
 def grant(user, usage_type, pool, delta, ref):

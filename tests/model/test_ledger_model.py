@@ -58,7 +58,6 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from tests.model.model import PAID, SNAPSHOTS, CatalogSpec, Model, StripeFact
 from tests.support import api
 from tests.support import stripe_events as se
-from tests.support.lambda_events import call, http_event
 from tests.support.state import TEST_CATALOG, use_test_catalog
 
 USERS = ("u1", "u2")
@@ -521,15 +520,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def summaries_match_the_model(self) -> None:
         STATS["steps"] += 1
         for user in USERS:
-            status, body = call(
-                "summary",
-                http_event(
-                    "GET",
-                    f"/v1/users/{user}/summary",
-                    route="/v1/users/{user_id}/summary",
-                    path_parameters={"user_id": user},
-                ),
-            )
+            status, body = api.read("summary", user)
             assert status == 200, body
             sub = body["subscription"]
             got = {

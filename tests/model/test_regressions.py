@@ -17,7 +17,6 @@ import pytest
 
 from tests.model.test_ledger_model import LedgerMachine, model_env  # noqa: F401  (the fixture)
 from tests.support import api
-from tests.support.lambda_events import call, http_event
 
 pytestmark = pytest.mark.usefixtures("model_env")
 
@@ -45,15 +44,7 @@ class Replay:
 
 
 def summary(user: str) -> dict[str, Any]:
-    status, body = call(
-        "summary",
-        http_event(
-            "GET",
-            f"/v1/users/{user}/summary",
-            route="/v1/users/{user_id}/summary",
-            path_parameters={"user_id": user},
-        ),
-    )
+    status, body = api.read("summary", user)
     assert status == 200, body
     return body
 

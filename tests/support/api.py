@@ -55,3 +55,23 @@ def adjust(
             "POST", path, body, route="/v1/users/{user_id}/adjustments", path_parameters={"user_id": user_id}
         ),
     )
+
+
+def read(kind: str, user_id: str, **query: str) -> tuple[int, Any]:
+    """GET /v1/users/{user_id}/{kind} (summary, breakdown, stats) as the product's backend."""
+    path = f"/v1/users/{user_id}/{kind}"
+    return call(
+        "summary",
+        http_event(
+            "GET",
+            path,
+            route=f"/v1/users/{{user_id}}/{kind}",
+            path_parameters={"user_id": user_id},
+            query=query or None,
+        ),
+    )
+
+
+def read_me(kind: str, sub: str | None = None, **query: str) -> tuple[int, Any]:
+    """GET /v1/me/{kind} as the signed-in user `sub` (no JWT at all when None)."""
+    return call("summary", http_event("GET", f"/v1/me/{kind}", jwt_sub=sub, query=query or None))

@@ -451,6 +451,7 @@ def test_redis_frozen_a_check_answers_within_its_timeout_and_creates_no_hold(pri
             time.sleep(0.05)  # waiting for the clock to pass a known instant, not for another process
     finally:
         os.kill(redis_pid, signal.SIGCONT)
+        resumed = time.monotonic()
     assert (status, body["allowed"], body["reservation"], body["reservations_counted"]) == (
         200,
         True,
@@ -459,22 +460,25 @@ def test_redis_frozen_a_check_answers_within_its_timeout_and_creates_no_hold(pri
     )
     assert elapsed < 2.0, f"a check with Redis frozen took {elapsed:.2f} s"
 
-    # Redis has caught up with whatever was sent to it while frozen once the check's abandoned
-    # connection is gone (only this probe's, and maybe the fixture's idle one, are left)
-    # the service's client may keep the connection it used while Redis was frozen (redis-py does
-    # not always discard it): close it, so that Redis has run whatever it read and drops it
-    service_client = reservations._client()
-    if service_client is not None:
-        service_client[0].connection_pool.disconnect()
+    # Redis has run whatever it was sent while frozen once no connection active since it resumed
+    # is still unread (a fresh connection shows cmd NULL) or holds unprocessed input; connections
+    # idle since before the freeze carried nothing and do not matter
     probe = redis.Redis.from_url(private.redis.url)
     lingering: list[Any] = []
 
-    def dropped() -> bool:
-        lingering[:] = [c for c in probe.client_list() if c["cmd"] not in ("client|list", "flushall")]
+    def caught_up() -> bool:
+        active_since_resume = time.monotonic() - resumed + 1
+        lingering[:] = [
+            c
+            for c in probe.client_list()
+            if c["cmd"] not in ("client|list", "flushall")
+            and int(c["idle"]) <= active_since_resume
+            and (c["cmd"] == "NULL" or c["qbuf"] != "0")
+        ]
         return not lingering
 
     try:
-        wait_for(dropped, 30, "Redis to drop the abandoned connection")
+        wait_for(caught_up, 30, "Redis to process what it was sent while frozen")
     except TimeoutError as error:
         raise AssertionError(f"{error}; still connected: {lingering}") from None
     probe.close()

@@ -8,7 +8,10 @@ import pytest
 import redis.connection
 from pg8000 import core
 
+from metering.devtools.context import make_context
+from metering.devtools.events import sqs_event
 from tests.support import api
+from tests.support.lambda_events import handler
 from tests.support.state import subscribe, use_test_catalog
 
 
@@ -56,11 +59,15 @@ def test_record_round_trips(monkeypatch):
         assert api.record("e1", "u1", "premium_voice", 10)[0] == 201
     with count_round_trips(monkeypatch) as duplicate:
         assert api.record("e1", "u1", "premium_voice", 10)[0] == 200
-    # BEGIN, read state, lock pools (+ which ids exist), one write (event, journal, balances,
-    # counter, lifetime stats), COMMIT
-    assert new == {"db": 5, "redis": 0}
-    # BEGIN, read state, lock pools (+ which ids exist: this one, with its breakdown), COMMIT
-    assert duplicate == {"db": 4, "redis": 0}
+    with count_round_trips(monkeypatch) as first:
+        assert api.record("e2", "newcomer", "premium_voice", 10)[0] == 201
+    # 1: BEGIN + lock + read the state + which ids exist; 2: one write (event, journal, balances,
+    # counter, lifetime stats) + COMMIT
+    assert new == {"db": 2, "redis": 0}
+    # the same first round trip (this id exists, with its breakdown), then COMMIT
+    assert duplicate == {"db": 2, "redis": 0}
+    # a user's first event in a period also creates the period row
+    assert first == {"db": 3, "redis": 0}
 
 
 def _event(event_id: str, user_id: str) -> dict:
@@ -68,8 +75,8 @@ def _event(event_id: str, user_id: str) -> dict:
 
 
 def test_batch_round_trips(monkeypatch):
-    """An HTTP batch of 500 new events over 50 existing users x 1 usage type: one transaction per
-    user, and in it one set-based write for the user's 10 events."""
+    """An HTTP batch of 500 new events over 50 existing users x 1 usage type: one transaction, and
+    in it one set-based write for all 500 events."""
     users = [f"u{i}" for i in range(50)]
     assert api.batch([_event(f"warm-{u}", u) for u in users])[0] == 200  # periods and balances exist
     events = [_event(f"e{n}-{u}", u) for n in range(10) for u in users]
@@ -79,7 +86,19 @@ def test_batch_round_trips(monkeypatch):
     with count_round_trips(monkeypatch) as again:
         status, body = api.batch(events)
     assert status == 200 and [r["status"] for r in body["results"]] == ["duplicate"] * 500
-    # per user: BEGIN, read state, lock pools (+ which ids exist), write all 10 events, COMMIT
-    assert new == {"db": 50 * 5, "redis": 0}
-    # per user: BEGIN, read state, lock pools (+ which ids exist: all of them), COMMIT
-    assert again == {"db": 50 * 4, "redis": 0}
+    # BEGIN + lock all 50 pairs + read their states + which ids exist; all 500 events + COMMIT
+    assert new == {"db": 2, "redis": 0}
+    # the same first round trip (all ids exist), then COMMIT
+    assert again == {"db": 2, "redis": 0}
+
+
+def test_queue_batch_is_one_transaction(monkeypatch):
+    """An SQS batch of 10 events of 10 different users: one transaction, two round trips."""
+    users = [f"q{i}" for i in range(10)]
+    assert api.batch([_event(f"warm-{u}", u) for u in users])[0] == 200
+    with count_round_trips(monkeypatch) as counts:
+        result = handler("record", "queue_handler")(
+            sqs_event([_event(f"m-{u}", u) for u in users]), make_context("RecordQueueFunction")
+        )
+    assert result == {"batchItemFailures": []}
+    assert counts == {"db": 2, "redis": 0}

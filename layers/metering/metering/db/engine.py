@@ -25,7 +25,10 @@ from metering.config import ConfigurationError, Settings, get_settings
 from metering.errors import Unavailable
 
 # SQLSTATEs after which a whole transaction may simply run again.
-RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+# serialization_failure, deadlock_detected, and unique_violation: every insert of this service
+# follows a read that found the key absent, so a violation means a concurrent transaction got in
+# between, and running again reads it
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "23505"})
 # query_canceled (statement_timeout), lock_not_available (lock_timeout): not retried here
 TOO_SLOW_SQLSTATES = frozenset({"57014", "55P03"})
 
@@ -170,19 +173,29 @@ def run_read[T](work: Callable[[Connection], T], *, attempts: int = 2) -> T:
 
 @contextmanager
 def transaction() -> Iterator[Connection]:
-    """BEGIN ... COMMIT on one pooled connection; ROLLBACK (or discard the connection) on error."""
+    """One transaction on one pooled connection. BEGIN travels with the transaction's first
+    statement, COMMIT with its queued writes (`metering.db.wire`), so reading then writing costs two
+    round trips. On error: ROLLBACK, or discard the connection if even that fails."""
+    from metering.db.sql import translated
+
     with get_engine().connect() as conn:
+        driver: Any = conn.connection.driver_connection
         try:
-            conn.exec_driver_sql("BEGIN")
+            driver.lazy_begin()
             try:
                 yield conn
-            except BaseException:
                 try:
-                    conn.exec_driver_sql("ROLLBACK")
+                    driver.lazy_commit()
+                except OSError:
+                    raise
+                except Exception as error:
+                    raise translated(error, "COMMIT") from error
+            except BaseException:
+                try:  # also after a failed COMMIT round trip: a queued write's error skipped COMMIT
+                    driver.lazy_rollback()
                 except Exception:
                     conn.invalidate()
                 raise
-            conn.exec_driver_sql("COMMIT")
         except exc.DBAPIError as error:
             if _is_disconnect(error) and not conn.invalidated:
                 conn.invalidate()  # never hand a dead connection back to the pool

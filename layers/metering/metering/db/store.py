@@ -16,8 +16,9 @@ from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, TextClause, text
+from sqlalchemy import Connection
 
+from metering.db.sql import Statement, fetch, fetch_one, queue
 from metering.domain.periods import PeriodSpec, SubscriptionState, resolve_period
 
 
@@ -44,19 +45,22 @@ class UserState:
         return (found[0], found[1]) if found else (None, 0)
 
 
-_STATE_SQL = text(
+# One row per (pair, period containing :now); a pair without periods still gets one row.
+_STATE = Statement(
     """
-    SELECT s.subscription_id, s.plan_id, s.status, s.current_period_start, s.current_period_end,
-           s.billing_cycle_anchor, b.rollover, b.purchased, b.version,
+    SELECT k.user_id, k.usage_type, s.subscription_id, s.plan_id, s.status, s.current_period_start,
+           s.current_period_end, s.billing_cycle_anchor, b.rollover, b.purchased, b.version,
            p.period_id, p.period_start, p.period_end, p.plan_id AS period_plan, u.used
-    FROM (SELECT CAST(:u AS text) AS user_id) k
+    FROM unnest(CAST(:users AS text[]), CAST(:types AS text[])) AS k (user_id, usage_type)
     LEFT JOIN accounts a ON a.user_id = k.user_id
     LEFT JOIN subscriptions s ON s.subscription_id = a.current_subscription_id
-    LEFT JOIN balances b ON b.user_id = k.user_id AND b.usage_type = :t
+    LEFT JOIN balances b ON b.user_id = k.user_id AND b.usage_type = k.usage_type
     LEFT JOIN periods p ON p.user_id = k.user_id AND p.period_start <= :now AND p.period_end > :now
-    LEFT JOIN period_usage u ON u.period_id = p.period_id AND u.usage_type = :t
+    LEFT JOIN period_usage u ON u.period_id = p.period_id AND u.usage_type = k.usage_type
     """
 )
+
+type Pair = tuple[str, str]  # (user_id, usage_type)
 
 
 def subscription_state(row: Any) -> SubscriptionState | None:
@@ -72,24 +76,41 @@ def subscription_state(row: Any) -> SubscriptionState | None:
     )
 
 
-def load_state(conn: Connection, user_id: str, usage_type: str, now: datetime) -> UserState:
-    rows = conn.execute(_STATE_SQL, {"u": user_id, "t": usage_type, "now": now}).all()
-    first = rows[0]
-    periods = {
-        r.period_start: (PeriodRow(r.period_id, r.period_start, r.period_end, r.period_plan), r.used or 0)
-        for r in rows
-        if r.period_id is not None
+def _state_params(pairs: Sequence[Pair], now: datetime) -> dict[str, Any]:
+    return {"users": [u for u, _ in pairs], "types": [t for _, t in pairs], "now": now}
+
+
+def _states(rows: list[Any]) -> dict[Pair, UserState]:
+    grouped: dict[Pair, list[Any]] = {}
+    for row in rows:
+        grouped.setdefault((row.user_id, row.usage_type), []).append(row)
+    return {
+        pair: UserState(
+            subscription=subscription_state(rows[0]),
+            rollover=rows[0].rollover or 0,
+            purchased=rows[0].purchased or 0,
+            version=rows[0].version or 0,
+            periods={
+                r.period_start: (
+                    PeriodRow(r.period_id, r.period_start, r.period_end, r.period_plan),
+                    r.used or 0,
+                )
+                for r in rows
+                if r.period_id is not None
+            },
+        )
+        for pair, rows in grouped.items()
     }
-    return UserState(
-        subscription=subscription_state(first),
-        rollover=first.rollover or 0,
-        purchased=first.purchased or 0,
-        version=first.version or 0,
-        periods=periods,
-    )
 
 
-_ENSURE_PERIOD_SQL = text(
+def load_state(conn: Connection, user_id: str, usage_type: str, now: datetime) -> UserState:
+    """What a check needs, in one statement (not locked: a read)."""
+    return _states(fetch_one(conn, _STATE, _state_params([(user_id, usage_type)], now)))[
+        (user_id, usage_type)
+    ]
+
+
+_ENSURE_PERIOD = Statement(
     """
     WITH ins AS (
         INSERT INTO periods (user_id, period_start, period_end, plan_id, kind, subscription_id)
@@ -118,29 +139,39 @@ def ensure_period(conn: Connection, user_id: str, spec: PeriodSpec) -> PeriodRow
     for _ in range(3):
         # A row inserted by a concurrent transaction is invisible to this statement's snapshot
         # until it commits; ON CONFLICT waited for that commit, so the next try sees it.
-        row = conn.execute(_ENSURE_PERIOD_SQL, params).first()
-        if row is not None:
+        rows = fetch_one(conn, _ENSURE_PERIOD, params)
+        if rows:
+            row = rows[0]
             return PeriodRow(row.period_id, row.period_start, row.period_end, row.plan_id)
     raise RuntimeError(f"period row for {user_id} at {spec.start} neither inserted nor found")
 
 
-# The lock of (user, usage type), and the usage rows already stored under some event ids
-# (LEFT JOIN: always at least one row)
-_LOCK_SQL = text(
+# THE lock of (user, usage type) pairs: every change of a pair's balances or period counter holds
+# it. Pairs are locked in one order (ORDER BY), so two transactions locking several pairs never
+# deadlock on each other. The upsert creates the row if needed and bumps its version.
+_LOCK = Statement(
     """
-    WITH b AS (
-        INSERT INTO balances (user_id, usage_type, version) VALUES (:u, :t, 1)
-        ON CONFLICT (user_id, usage_type) DO UPDATE SET updated_at = now(), version = balances.version + 1
-        RETURNING rollover, purchased, version
-    ), c AS (
-        INSERT INTO period_usage (period_id, usage_type) VALUES (:p, :t)
-        ON CONFLICT (period_id, usage_type) DO UPDATE SET used = period_usage.used
-        RETURNING used
-    )
-    SELECT b.rollover, b.purchased, b.version, c.used, x.event_id, x.user_id, x.usage_type, x.amount,
-           x.from_subscription, x.from_rollover, x.from_purchased, x.overflow_to_debt
-    FROM b CROSS JOIN c
-    LEFT JOIN usage_events x ON x.event_id = ANY(CAST(:ids AS text[]))
+    INSERT INTO balances (user_id, usage_type, version)
+    SELECT k.user_id, k.usage_type, 1
+    FROM unnest(CAST(:users AS text[]), CAST(:types AS text[])) AS k (user_id, usage_type)
+    ORDER BY k.user_id, k.usage_type
+    ON CONFLICT (user_id, usage_type) DO UPDATE SET updated_at = now(), version = balances.version + 1
+    """
+)
+
+_POOLS = Statement(
+    """
+    SELECT b.rollover, b.purchased, b.version, coalesce(u.used, 0) AS used
+    FROM balances b LEFT JOIN period_usage u ON u.period_id = :p AND u.usage_type = :t
+    WHERE b.user_id = :u AND b.usage_type = :t
+    """
+)
+
+_EVENTS = Statement(
+    """
+    SELECT event_id, user_id, usage_type, amount, from_subscription, from_rollover, from_purchased,
+           overflow_to_debt
+    FROM usage_events WHERE event_id = ANY(CAST(:ids AS text[]))
     """
 )
 
@@ -156,41 +187,41 @@ class Pools:
         return {"used": self.used, "rollover": self.rollover, "purchased": self.purchased}
 
 
-def _pools(row: Any) -> Pools:
-    return Pools(used=row.used, rollover=row.rollover, purchased=row.purchased, version=row.version)
+def _lock(conn: Connection, pairs: Sequence[Pair]) -> None:
+    queue(conn, _LOCK, {"users": [u for u, _ in pairs], "types": [t for _, t in pairs]})
 
 
 def lock_pools(conn: Connection, user_id: str, usage_type: str, period_id: UUID) -> Pools:
-    """Lock (user, usage type) for the rest of the transaction and read its latest balances.
+    """Lock (user, usage type) for the rest of the transaction and read its latest pools and the
+    counter of `period_id`. The read is a statement of its own after the lock, so its snapshot
+    includes whatever the previous holder committed: no stale read after a wait."""
+    _lock(conn, [(user_id, usage_type)])
+    row = fetch_one(conn, _POOLS, {"u": user_id, "t": usage_type, "p": period_id})[0]
+    return Pools(used=row.used, rollover=row.rollover, purchased=row.purchased, version=row.version)
 
-    Both rows are upserts, so they exist afterwards, and ON CONFLICT DO UPDATE returns the newest
-    committed version after waiting for any concurrent holder: no stale read after the wait.
-    """
-    return lock_pools_and_events(conn, user_id, usage_type, period_id, ())[0]
 
-
-def lock_pools_and_events(
-    conn: Connection, user_id: str, usage_type: str, period_id: UUID, event_ids: Sequence[str]
-) -> tuple[Pools, list[Any]]:
-    """`lock_pools`, and in the same statement the stored usage rows of `event_ids`.
-
-    The pools are the newest committed version (see `lock_pools`), but the usage rows are read
-    with the statement's start snapshot (READ COMMITTED): if the lock had to wait, an event that
-    the previous holder inserted and committed meanwhile is missing from them. A caller that
-    treats a missing id as new must insert it with ON CONFLICT DO NOTHING and start the
-    transaction over (`engine.Retry`) when the insert comes back short.
-    """
-    rows = conn.execute(
-        _LOCK_SQL, {"u": user_id, "t": usage_type, "p": period_id, "ids": list(event_ids)}
-    ).all()
-    return _pools(rows[0]), [r for r in rows if r.event_id is not None]
+def lock_and_load(
+    conn: Connection, pairs: Sequence[Pair], now: datetime, event_ids: Sequence[str]
+) -> tuple[dict[Pair, UserState], list[Any]]:
+    """Lock every pair (`lock_pools`), then read their states and the stored usage rows of
+    `event_ids`: one round trip (with the transaction's BEGIN). Both reads start after the lock is
+    held, so they see everything committed by whoever held it before."""
+    _lock(conn, pairs)
+    state_rows, event_rows = fetch(
+        conn, (_STATE, _state_params(pairs, now)), (_EVENTS, {"ids": list(event_ids)})
+    )
+    return _states(state_rows), event_rows
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One journaled change: deltas of the period counter and the pools, and what caused it."""
+    """One journaled change of a (user, usage type): deltas of the period counter and the pools,
+    and what caused it."""
 
     ref: str
+    user_id: str
+    usage_type: str
+    period_id: UUID | None = None
     used: int = 0
     rollover: int = 0
     purchased: int = 0
@@ -199,91 +230,87 @@ class Entry:
 @dataclass(frozen=True, slots=True)
 class Alongside:
     """Further writes made by the same statement as the journaled change: `ctes` is SQL text of
-    WITH items, each followed by a comma (`name AS (...),`), that may use :u, :t and :p; `params`
-    their other parameters, and `counted` the name of a CTE whose rows the statement counts.
-    They come first in the statement, so they show in pg_stat_activity's truncated text."""
+    WITH items, each followed by a comma (`name AS (...),`), and `params` their parameters. They
+    come first in the statement, so they show in pg_stat_activity's truncated text."""
 
     ctes: str
     params: dict[str, Any]
-    counted: str
 
 
+# The summed deltas of each pair go to its balances row (which the lock created) and of each
+# (period, usage type) to its counter (created here if missing); one journal row per entry and
+# nonzero delta. The last line fails the statement if a balances row was missing, i.e. a caller
+# did not lock first: a bug, which must not pass silently (CASE keeps the cast from being folded
+# at plan time).
 _POST_SQL = """
     WITH {ctes} e AS (
-        SELECT * FROM unnest(CAST(:refs AS text[]), CAST(:du AS bigint[]), CAST(:dr AS bigint[]),
-                             CAST(:dp AS bigint[])) WITH ORDINALITY AS e (ref, used, rollover, purchased, n)
-    ), d AS (
-        SELECT CAST(coalesce(sum(e.used), 0) AS bigint) AS used,
-               CAST(coalesce(sum(e.rollover), 0) AS bigint) AS rollover,
-               CAST(coalesce(sum(e.purchased), 0) AS bigint) AS purchased
-        FROM e
+        SELECT * FROM unnest(CAST(:refs AS text[]), CAST(:users AS text[]), CAST(:types AS text[]),
+                             CAST(:periods AS uuid[]), CAST(:du AS bigint[]), CAST(:dr AS bigint[]),
+                             CAST(:dp AS bigint[]))
+            WITH ORDINALITY AS e (ref, user_id, usage_type, period_id, used, rollover, purchased, n)
+    ), pools AS (
+        SELECT e.user_id, e.usage_type, CAST(sum(e.rollover) AS bigint) AS rollover,
+               CAST(sum(e.purchased) AS bigint) AS purchased
+        FROM e GROUP BY e.user_id, e.usage_type
+        HAVING sum(e.rollover) <> 0 OR sum(e.purchased) <> 0
     ), b AS (
-        UPDATE balances SET rollover = balances.rollover + d.rollover,
-                            purchased = balances.purchased + d.purchased, updated_at = now()
-        FROM d
-        WHERE user_id = :u AND usage_type = :t AND (d.rollover <> 0 OR d.purchased <> 0)
+        UPDATE balances SET rollover = balances.rollover + pools.rollover,
+                            purchased = balances.purchased + pools.purchased, updated_at = now()
+        FROM pools
+        WHERE balances.user_id = pools.user_id AND balances.usage_type = pools.usage_type
         RETURNING 1
     ), c AS (
-        UPDATE period_usage SET used = period_usage.used + d.used
-        FROM d
-        WHERE period_id = :p AND usage_type = :t AND d.used <> 0
+        INSERT INTO period_usage (period_id, usage_type, used)
+        SELECT e.period_id, e.usage_type, CAST(sum(e.used) AS bigint)
+        FROM e GROUP BY e.period_id, e.usage_type HAVING sum(e.used) <> 0
+        ON CONFLICT (period_id, usage_type) DO UPDATE SET used = period_usage.used + excluded.used
         RETURNING 1
     ), j AS (
         INSERT INTO journal (user_id, usage_type, account, period_id, delta, reason, ref)
-        SELECT :u, :t, v.account, v.period_id, v.delta, :reason, e.ref
-        FROM e, LATERAL (VALUES ('used', CAST(:p AS uuid), e.used),
-                                ('rollover', NULL, e.rollover),
-                                ('purchased', NULL, e.purchased)) AS v (account, period_id, delta)
+        SELECT e.user_id, e.usage_type, v.account, v.period_id, v.delta, :reason, e.ref
+        FROM e, LATERAL (VALUES ('used', e.period_id, e.used),
+                                ('rollover', CAST(NULL AS uuid), e.rollover),
+                                ('purchased', CAST(NULL AS uuid), e.purchased))
+                        AS v (account, period_id, delta)
         WHERE v.delta <> 0
+        ORDER BY e.n
         RETURNING 1
     )
-    SELECT (SELECT count(*) FROM b) AS balances, (SELECT count(*) FROM c) AS counters,
-           {counted} AS counted
+    SELECT CAST(CASE WHEN (SELECT count(*) FROM b) = (SELECT count(*) FROM pools) THEN NULL
+                ELSE 'post_entries: no balances row to change: lock_pools first' END AS int) AS guard
 """
 
 
 @lru_cache(maxsize=16)
-def _post_statement(ctes: str, counted: str | None) -> TextClause:
-    return text(_POST_SQL.format(ctes=ctes, counted=f"(SELECT count(*) FROM {counted})" if counted else "0"))
+def _post_statement(ctes: str) -> Statement:
+    return Statement(_POST_SQL.format(ctes=ctes))
 
 
 def post_entries(
-    conn: Connection,
-    *,
-    user_id: str,
-    usage_type: str,
-    reason: str,
-    entries: Sequence[Entry],
-    period_id: UUID | None = None,
-    alongside: Alongside | None = None,
-) -> int:
+    conn: Connection, *, reason: str, entries: Sequence[Entry], alongside: Alongside | None = None
+) -> None:
     """THE way to change balances and period counters: one statement applies the summed deltas of
-    `entries` to the (user, usage type) balances and the period's counter, and writes one journal
-    row per entry and nonzero delta. `alongside` adds the caller's own writes to the statement.
-    Returns the number of rows of `alongside.counted` (0 without one).
+    `entries` to each pair's balances and each period's counter, and writes one journal row per
+    entry and nonzero delta; `alongside` adds the caller's own writes to the statement.
 
-    The caller holds the lock from `lock_pools` (which also guarantees both rows exist).
+    The statement is queued: it runs with the transaction's next round trip, usually with COMMIT,
+    so its errors are raised there. The caller holds the locks of every pair (`lock_pools`).
     """
-    if period_id is None and any(e.used for e in entries):
+    if any(e.used and e.period_id is None for e in entries):
         raise ValueError("a change of the period counter needs its period")
     params: dict[str, Any] = {
-        "u": user_id,
-        "t": usage_type,
-        "p": period_id,
         "refs": [e.ref for e in entries],
+        "users": [e.user_id for e in entries],
+        "types": [e.usage_type for e in entries],
+        "periods": [e.period_id for e in entries],
         "du": [e.used for e in entries],
         "dr": [e.rollover for e in entries],
         "dp": [e.purchased for e in entries],
         "reason": reason,
     }
-    statement = _post_statement(alongside.ctes, alongside.counted) if alongside else _post_statement("", None)
     if alongside is not None:
         params.update(alongside.params)
-    row = conn.execute(statement, params).one()
-    pools_changed = any(e.rollover or e.purchased for e in entries)
-    if (pools_changed and row.balances != 1) or (any(e.used for e in entries) and row.counters != 1):
-        raise RuntimeError(f"post_entries({user_id}, {usage_type}) found no row to change: lock_pools first")
-    return int(row.counted)
+    queue(conn, _post_statement(alongside.ctes if alongside else ""), params)
 
 
 def post_entry(
@@ -300,12 +327,7 @@ def post_entry(
 ) -> None:
     """`post_entries` with one entry."""
     post_entries(
-        conn,
-        user_id=user_id,
-        usage_type=usage_type,
-        reason=reason,
-        entries=(Entry(ref, used, rollover, purchased),),
-        period_id=period_id,
+        conn, reason=reason, entries=(Entry(ref, user_id, usage_type, period_id, used, rollover, purchased),)
     )
 
 

@@ -1,11 +1,16 @@
-"""pg8000 with one network round trip per parameterised statement.
+"""pg8000 with statements pipelined: one network round trip for several statements.
 
 pg8000 (1.31) runs a parameterised statement as three exchanges with the server: Parse+Sync,
 Describe+Sync, then Bind+Execute+Sync, waiting for an answer after each. Its results are all in
 text format, so nothing in the later messages depends on the earlier answers, and the whole
 sequence can be sent at once and answered once, as libpq's PQexecParams does: Parse, Bind,
-Describe (portal), Execute, Sync. Errors still arrive in order before ReadyForQuery (the server
-skips to the Sync after the first error), and pg8000's own message handlers do the rest.
+Describe (portal), Execute. Several statements can go in one write before a single Sync, as in
+libpq's pipeline mode: the server runs them in order, and after an error skips the rest up to the
+Sync, so nothing after a failed statement runs (a queued COMMIT included). pg8000's own message
+handlers read the answers.
+
+That lets a transaction send BEGIN with its first statement, and writes whose rows nobody reads
+with its COMMIT (`PipelinedConnection.queue`, `metering.db.sql`).
 
 Only unnamed statements are sent, as before: nothing here prepares named statements or sets
 session state, so RDS Proxy can still multiplex the connection.
@@ -31,7 +36,7 @@ import pg8000
 from pg8000 import converters, core, legacy
 from pg8000.converters import make_params
 
-_DESCRIBE_PORTAL = b"P" + core.NULL_BYTE
+_DESCRIBE_MSG = bytes([*core.DESCRIBE, 0, 0, 0, 6, *core.PORTAL, 0])  # Describe the unnamed portal
 _convert_paramstyle = legacy.convert_paramstyle
 
 
@@ -64,23 +69,130 @@ def _array_literal(values: list[Any]) -> str:
     return "{" + ",".join(parts) + "}"
 
 
+_BEGIN = ("BEGIN", ())
+_PARSE_UNNAMED = core.NULL_BYTE
+_BIND_HEAD = core.NULL_BYTE + core.NULL_BYTE + core.H_pack(0)  # unnamed portal and statement, text params
+_TEXT_RESULTS = core.H_pack(0)
+_ADVANCE = (core.COMMAND_COMPLETE, core.EMPTY_QUERY_RESPONSE)
+
+
+def _message(buffer: bytearray, code: bytes, payload: bytes | bytearray) -> None:
+    buffer += code
+    buffer += core.i_pack(len(payload) + 4)
+    buffer += payload
+
+
 class PipelinedConnection(legacy.Connection):
+    """pg8000's connection, with statements sent in pipelines.
+
+    `exchange` sends several statements in one write and reads all their answers: one round trip.
+    A statement whose answer nobody needs (BEGIN, a write whose effects the transaction's later
+    statements or COMMIT depend on, but whose rows nobody reads) can be *queued*: it travels with
+    the next statement that needs an answer, or with COMMIT. So a transaction that reads once and
+    writes once costs two round trips: BEGIN + the reads, then the writes + COMMIT.
+    """
+
     def __init__(self, user: str, **kwargs: Any) -> None:
         super().__init__(user, **kwargs)
         self.py_types[list] = _array_literal
+        self._queued: list[tuple[str, Any]] = []
+        self._begin_unsent = False
+
+    # --- lazy transactions (used by metering.db.engine.transaction) -----------------------------
+
+    def lazy_begin(self) -> None:
+        """BEGIN, sent with the first statement of the transaction."""
+        if self._queued:
+            raise RuntimeError("statements queued outside a transaction")
+        self._queued.append(_BEGIN)
+        self._begin_unsent = True
+
+    def lazy_commit(self) -> None:
+        """Queued statements and COMMIT in one round trip; nothing at all if the transaction never
+        sent or queued anything (no BEGIN was sent, so there is nothing to end)."""
+        if self._begin_unsent and self._queued == [_BEGIN]:
+            self._queued.clear()
+            self._begin_unsent = False
+            return
+        self._queued.append(("COMMIT", ()))
+        self.exchange([])
+
+    def lazy_rollback(self) -> None:
+        """Drop what is queued; ROLLBACK only if BEGIN reached the server."""
+        self._queued.clear()
+        if self._begin_unsent:
+            self._begin_unsent = False
+            return
+        super().execute_simple("ROLLBACK")
+
+    def queue(self, statement: str, vals: Any = ()) -> None:
+        """Send `statement` (with $n placeholders) with the next round trip; its rows are dropped
+        and its error, if any, is raised by that round trip."""
+        self._queued.append((statement, vals))
+
+    # --- one round trip for many statements -----------------------------------------------------
+
+    def exchange(self, statements: list[tuple[str, Any]]) -> list[core.Context]:
+        """Run the queued statements, then `statements`, with one write and one Sync; returns the
+        contexts of `statements`. After an error the server skips the rest up to the Sync, and the
+        first error is raised here."""
+        items = self._queued + statements if self._queued else statements
+        self._queued = []
+        self._begin_unsent = False
+        encoding = self._client_encoding
+        buffer = bytearray()
+        contexts = []
+        for statement, vals in items:
+            contexts.append(core.Context(statement))
+            _message(buffer, core.PARSE, _PARSE_UNNAMED + statement.encode(encoding) + b"\x00\x00\x00")
+            bind = bytearray(_BIND_HEAD)
+            params = make_params(self.py_types, vals)
+            bind += core.H_pack(len(params))
+            for value in params:
+                if value is None:
+                    bind += core.i_pack(-1)
+                else:
+                    encoded = value.encode(encoding)
+                    bind += core.i_pack(len(encoded))
+                    bind += encoded
+            bind += _TEXT_RESULTS
+            _message(buffer, core.BIND, bind)
+            buffer += _DESCRIBE_MSG
+            buffer += core.EXECUTE_MSG
+        buffer += core.SYNC_MSG
+        try:
+            core._write(self._sock, buffer)
+            core._flush(self._sock)
+        except (AttributeError, ValueError) as error:  # pg8000's way of saying the socket is gone
+            raise pg8000.InterfaceError("connection is closed") from error
+        self._read_answers(contexts)
+        for context in contexts:
+            if context.error is not None:
+                raise context.error
+        return contexts[len(items) - len(statements) :]
+
+    def _read_answers(self, contexts: list[core.Context]) -> None:
+        sock, handlers, last = self._sock, self.message_types, len(contexts) - 1
+        index, code = 0, None
+        while code != core.READY_FOR_QUERY:
+            code, length = core.ci_unpack(core._read(sock, 5))
+            handlers[code](core._read(sock, length - 4), contexts[index])
+            if code in _ADVANCE and index < last:
+                index += 1
+
+    # --- what pg8000's cursor (and so SQLAlchemy) calls -------------------------------------------
 
     def execute_unnamed(self, statement: str, vals: Any = (), oids: Any = (), stream: Any = None) -> Any:
         if stream is not None:  # COPY keeps pg8000's own exchange
+            if self._queued:
+                self.exchange([])
             return super().execute_unnamed(statement, vals=vals, oids=oids, stream=stream)
-        context = core.Context(statement, stream=stream)
-        self.send_PARSE(core.NULL_BYTE, statement, oids)
-        self.send_BIND(core.NULL_BYTE, make_params(self.py_types, vals))
-        self._send_message(core.DESCRIBE, _DESCRIBE_PORTAL)
-        self.send_EXECUTE()
-        core._write(self._sock, core.SYNC_MSG)
-        core._flush(self._sock)
-        self.handle_messages(context)
-        return context
+        return self.exchange([(statement, vals)])[0]
+
+    def execute_simple(self, statement: str) -> Any:
+        if self._queued:
+            return self.exchange([(statement, ())])[0]
+        return super().execute_simple(statement)
 
 
 def _connect(user: str, **kwargs: Any) -> PipelinedConnection:

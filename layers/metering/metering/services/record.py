@@ -1,5 +1,5 @@
-"""Record usage: idempotent on event_id, the waterfall, one transaction per user's events and one
-set-based write per (user, usage type). metering.md "Record"."""
+"""Record usage: idempotent on event_id, the waterfall, one transaction and one set-based write for
+any number of events. metering.md "Record"."""
 
 from __future__ import annotations
 
@@ -14,13 +14,24 @@ from sqlalchemy import Connection, exc
 
 from metering import reservations
 from metering.api.models import BalanceOut, BreakdownOut, UsageRequest, UsageResponse
-from metering.db.engine import Retry, run_in_transaction, sqlstate
-from metering.db.store import Alongside, Entry, Pools, current_period, lock_pools_and_events, post_entries
+from metering.db.engine import run_in_transaction, sqlstate
+from metering.db.store import (
+    Alongside,
+    Entry,
+    Pair,
+    PeriodRow,
+    Pools,
+    UserState,
+    ensure_period,
+    lock_and_load,
+    post_entries,
+)
 from metering.domain.grouping import group_key, group_of, label_of, measures_of
 from metering.domain.ledger import ZERO, Breakdown, waterfall
+from metering.domain.periods import resolve_period
 from metering.errors import AmountOutOfRange, EventIdConflict, InternalError, MeteringError, check_int64
 from metering.observability import Metric, count, logger
-from metering.services.context import meter
+from metering.services.context import Meter, meter
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,41 +49,47 @@ class Outcome:
         return self.error is not None and self.error.status >= 500
 
 
-# The usage rows and lifetime aggregates of a group's new events, written by the same statement
-# as their journaled balance change (`store.post_entries`): one row per event from the arrays,
-# then the aggregates summed per breakdown group (the label is the latest non-null one).
+# The usage rows and lifetime aggregates of the new events, written by the same statement as their
+# journaled balance changes (`store.post_entries`): one row per event from the arrays, then the
+# aggregates summed per (user, usage type, breakdown group) (the label is the latest non-null one).
+# A plain INSERT: an id taken by a concurrent transaction since this one read it fails the
+# statement (unique_violation), and the whole transaction runs again (engine.RETRYABLE_SQLSTATES).
 _USAGE_CTES = """
     n AS (
         SELECT * FROM unnest(
-            CAST(:ev_ids AS text[]), CAST(:ev_amounts AS bigint[]), CAST(:ev_refs AS text[]),
+            CAST(:ev_ids AS text[]), CAST(:ev_users AS text[]), CAST(:ev_types AS text[]),
+            CAST(:ev_periods AS uuid[]), CAST(:ev_amounts AS bigint[]), CAST(:ev_refs AS text[]),
             CAST(:ev_descriptions AS text[]), CAST(:ev_details AS text[]), CAST(:ev_reservations AS text[]),
             CAST(:ev_fs AS bigint[]), CAST(:ev_fr AS bigint[]), CAST(:ev_fp AS bigint[]),
             CAST(:ev_fd AS bigint[]),
             CAST(:ev_gks AS text[]), CAST(:ev_gkeys AS text[]), CAST(:ev_labels AS text[]),
             CAST(:ev_measures AS text[])
-        ) WITH ORDINALITY AS n (event_id, amount, reference_id, description, details, reservation_id,
-                                fs, fr, fp, fd, gk, gkey, label, measures, ord)
+        ) WITH ORDINALITY AS n (event_id, user_id, usage_type, period_id, amount, reference_id,
+                                description, details, reservation_id, fs, fr, fp, fd, gk, gkey, label,
+                                measures, ord)
     ), ev AS (
         INSERT INTO usage_events (event_id, user_id, usage_type, amount, reference_id, description,
             details, reservation_id, period_id, from_subscription, from_rollover, from_purchased,
             overflow_to_debt, recorded_at)
-        SELECT n.event_id, :u, :t, n.amount, n.reference_id, n.description, CAST(n.details AS jsonb),
-            n.reservation_id, :p, n.fs, n.fr, n.fp, n.fd, :ev_at
+        SELECT n.event_id, n.user_id, n.usage_type, n.amount, n.reference_id, n.description,
+            CAST(n.details AS jsonb), n.reservation_id, n.period_id, n.fs, n.fr, n.fp, n.fd, :ev_at
         FROM n ORDER BY n.ord
-        ON CONFLICT (event_id) DO NOTHING
-        RETURNING event_id
+        RETURNING 1
     ), agg AS (
-        SELECT n.gk, min(n.gkey) AS gkey,
+        SELECT n.user_id, n.usage_type, n.gk, min(n.gkey) AS gkey,
                (array_agg(n.label ORDER BY n.ord DESC) FILTER (WHERE n.label IS NOT NULL))[1] AS label,
                CAST(sum(n.amount) AS bigint) AS total, count(*) AS events,
                (SELECT coalesce(jsonb_object_agg(m.key, m.total), '{}'::jsonb)
                 FROM (SELECT kv.key, sum(CAST(kv.value AS numeric)) AS total
                       FROM n AS n2, jsonb_each_text(CAST(n2.measures AS jsonb)) AS kv
-                      WHERE n2.gk = n.gk GROUP BY kv.key) AS m) AS measures
-        FROM n GROUP BY n.gk
+                      WHERE n2.user_id = n.user_id AND n2.usage_type = n.usage_type AND n2.gk = n.gk
+                      GROUP BY kv.key) AS m) AS measures
+        FROM n GROUP BY n.user_id, n.usage_type, n.gk
+        ORDER BY n.user_id, n.usage_type, n.gk
     ), stats AS (
         INSERT INTO lifetime_stats (user_id, usage_type, group_key, key, label, total, events, measures)
-        SELECT :u, :t, agg.gk, CAST(agg.gkey AS jsonb), agg.label, agg.total, agg.events, agg.measures
+        SELECT agg.user_id, agg.usage_type, agg.gk, CAST(agg.gkey AS jsonb), agg.label, agg.total,
+               agg.events, agg.measures
         FROM agg
         ON CONFLICT (user_id, usage_type, group_key) DO UPDATE SET
             total = lifetime_stats.total + excluded.total,
@@ -113,7 +130,7 @@ def _response(event: UsageRequest, breakdown: Breakdown, pools: Pools, *, duplic
 
 @dataclass(frozen=True, slots=True)
 class _Stored:
-    """What an event id stands for already: a stored row, or an earlier new event of this batch."""
+    """What an event id stands for already: a stored row, or an earlier new event of this set."""
 
     user_id: str
     usage_type: str
@@ -121,41 +138,39 @@ class _Stored:
     breakdown: Breakdown
 
 
-def _apply_user(conn: Connection, events: list[UsageRequest], now: datetime) -> list[Outcome]:
-    """One user's events in one open transaction: one set-based pass per usage type.
+@dataclass(slots=True)
+class _Pair:
+    """A locked (user, usage type) while its events are applied: the running pools."""
 
-    Usage types are independent, so their groups may run one after the other, except when one
-    event id is used under two usage types: then input order decides which one is the original,
-    and every event runs as its own group, in input order.
-    """
-    by_type: dict[str, list[int]] = {}
-    type_of_id: dict[str, str] = {}
-    mixed = False
-    for i, event in enumerate(events):
-        by_type.setdefault(event.usage_type, []).append(i)
-        if type_of_id.setdefault(event.event_id, event.usage_type) != event.usage_type:
-            mixed = True
-    runs = [[i] for i in range(len(events))] if mixed else list(by_type.values())
+    meter: Meter
+    period_id: UUID
+    limit: int | None
+    used: int
+    rollover: int
+    purchased: int
+    version: int
+
+
+def _apply(conn: Connection, events: list[UsageRequest], now: datetime) -> list[Outcome]:
+    """Events in input order inside an open transaction, as one set: lock every (user, usage
+    type) and read their state (one round trip), run the waterfall for each event in order in
+    Python, then queue ONE statement writing every new event, sent with COMMIT. An event's own
+    rejection changes nothing; a database error fails the whole transaction."""
     outcomes: list[Outcome | None] = [None] * len(events)
-    for run in runs:
-        for i, outcome in zip(run, _apply_group(conn, [events[i] for i in run], now), strict=True):
-            outcomes[i] = outcome
-    return [o for o in outcomes if o is not None]
+    meters: dict[str, Meter] = {}
+    wanted: dict[Pair, Meter] = {}
+    for i, event in enumerate(events):
+        try:
+            m = meters.get(event.usage_type) or meters.setdefault(event.usage_type, meter(event.usage_type))
+        except MeteringError as error:
+            outcomes[i] = Outcome(event.event_id, "rejected", error=error)
+            continue
+        wanted.setdefault((event.user_id, event.usage_type), m)
+    if not wanted:
+        return [o for o in outcomes if o is not None]
 
-
-def _apply_group(conn: Connection, events: list[UsageRequest], now: datetime) -> list[Outcome]:
-    """Events of one (user, usage type), in input order, inside an open transaction: lock once,
-    classify each event, run the waterfall in order, write all new events with one statement.
-    An event's own rejection changes nothing; a database error aborts the whole transaction."""
-    user_id, usage_type = events[0].user_id, events[0].usage_type
-    try:
-        m = meter(usage_type)
-    except MeteringError as error:
-        return [Outcome(e.event_id, "rejected", error=error) for e in events]
-    period = current_period(conn, user_id, usage_type, now, m.catalog.free_plan.id)
-    pools, rows = lock_pools_and_events(
-        conn, user_id, usage_type, period.period_id, list(dict.fromkeys(e.event_id for e in events))
-    )
+    states, rows = lock_and_load(conn, list(wanted), now, list(dict.fromkeys(e.event_id for e in events)))
+    pairs = _open_pairs(conn, wanted, states, now)
     known = {
         r.event_id: _Stored(
             r.user_id,
@@ -165,98 +180,128 @@ def _apply_group(conn: Connection, events: list[UsageRequest], now: datetime) ->
         )
         for r in rows
     }
-
-    limit = m.limit(period.plan_id)
-    billing, spec_b, version = m.billing_enabled, m.usage_type.breakdown, pools.version
-    used, rollover, purchased = pools.used, pools.rollover, pools.purchased
-    outcomes: list[Outcome] = []
-    new: list[tuple[UsageRequest, Breakdown]] = []
-    for event in events:
-        prior = known.get(event.event_id)
-        if prior is not None:
-            if (prior.user_id, prior.usage_type, prior.amount) != (user_id, usage_type, event.amount):
-                conflict = EventIdConflict(
-                    f"event_id: {event.event_id!r} was already recorded with a different user_id, "
-                    "usage_type or amount"
-                )
-                outcomes.append(Outcome(event.event_id, "rejected", error=conflict))
-            else:
-                response = _response(event, prior.breakdown, Pools(used, rollover, purchased), duplicate=True)
-                outcomes.append(Outcome(event.event_id, "duplicate", response, version=version))
-            continue
-        split = (
-            waterfall(
-                event.amount, limit=limit, used=used, rollover=rollover, purchased=purchased, pools=m.pools
-            )
-            if billing
-            else ZERO
-        )
-        try:
-            next_used = check_int64(used + split.from_subscription, "amount")
-            next_rollover = check_int64(rollover - split.from_rollover - split.overflow_to_debt, "amount")
-        except MeteringError as out_of_range:
-            outcomes.append(Outcome(event.event_id, "rejected", error=out_of_range))
-            continue
-        used, rollover, purchased = next_used, next_rollover, purchased - split.from_purchased
-        known[event.event_id] = _Stored(user_id, usage_type, event.amount, split)
-        new.append((event, split))
-        response = _response(event, split, Pools(used, rollover, purchased), duplicate=False)
-        outcomes.append(Outcome(event.event_id, "recorded", response, version=version))
-
+    new: list[tuple[UsageRequest, Breakdown, _Pair]] = []
+    for i, event in enumerate(events):
+        if outcomes[i] is None:
+            outcomes[i] = _apply_one(event, pairs[(event.user_id, event.usage_type)], known, new)
     if new:
-        _write(conn, period.period_id, new, now, spec_b)
-    return outcomes
+        _write(conn, new, now)
+    return [o for o in outcomes if o is not None]
 
 
-def _write(
+def _open_pairs(
     conn: Connection,
-    period_id: UUID,
-    new: list[tuple[UsageRequest, Breakdown]],
+    wanted: dict[tuple[str, str], Meter],
+    states: dict[tuple[str, str], UserState],
     now: datetime,
-    spec_b: Any,
-) -> None:
-    """All new events of one group: usage rows, journal rows, balances, counter and lifetime
-    aggregates in one statement."""
-    first = new[0][0]
-    groups = [group_of(spec_b, e.reference_id, e.details) for e, _ in new]
+) -> dict[Pair, _Pair]:
+    """The running pools of each locked pair in the period containing `now` (created if missing:
+    one more round trip, once per user and period)."""
+    created: dict[str, PeriodRow] = {}
+    pairs = {}
+    for (user_id, usage_type), m in wanted.items():
+        state = states[(user_id, usage_type)]
+        spec = resolve_period(state.subscription, now, m.catalog.free_plan.id)
+        period, used = state.period(spec)
+        if period is None:  # nobody has used this period yet (and its counter is 0: we hold the lock)
+            period = created.get(user_id) or created.setdefault(user_id, ensure_period(conn, user_id, spec))
+        pairs[(user_id, usage_type)] = _Pair(
+            m, period.period_id, m.limit(period.plan_id), used, state.rollover, state.purchased, state.version
+        )
+    return pairs
+
+
+def _apply_one(
+    event: UsageRequest,
+    pair: _Pair,
+    known: dict[str, _Stored],
+    new: list[tuple[UsageRequest, Breakdown, _Pair]],
+) -> Outcome:
+    """One event against its pair's running pools: a duplicate, a conflict, or a new event (whose
+    split is appended to `new` and applied to the running pools)."""
+    prior = known.get(event.event_id)
+    if prior is not None:
+        if (prior.user_id, prior.usage_type, prior.amount) != (event.user_id, event.usage_type, event.amount):
+            conflict = EventIdConflict(
+                f"event_id: {event.event_id!r} was already recorded with a different user_id, "
+                "usage_type or amount"
+            )
+            return Outcome(event.event_id, "rejected", error=conflict)
+        pools = Pools(pair.used, pair.rollover, pair.purchased)
+        return Outcome(
+            event.event_id,
+            "duplicate",
+            _response(event, prior.breakdown, pools, duplicate=True),
+            version=pair.version,
+        )
+    m = pair.meter
+    split = (
+        waterfall(
+            event.amount,
+            limit=pair.limit,
+            used=pair.used,
+            rollover=pair.rollover,
+            purchased=pair.purchased,
+            pools=m.pools,
+        )
+        if m.billing_enabled
+        else ZERO
+    )
+    try:
+        next_used = check_int64(pair.used + split.from_subscription, "amount")
+        next_rollover = check_int64(pair.rollover - split.from_rollover - split.overflow_to_debt, "amount")
+    except MeteringError as out_of_range:
+        return Outcome(event.event_id, "rejected", error=out_of_range)
+    pair.used, pair.rollover, pair.purchased = next_used, next_rollover, pair.purchased - split.from_purchased
+    known[event.event_id] = _Stored(event.user_id, event.usage_type, event.amount, split)
+    new.append((event, split, pair))
+    pools = Pools(pair.used, pair.rollover, pair.purchased)
+    return Outcome(
+        event.event_id, "recorded", _response(event, split, pools, duplicate=False), version=pair.version
+    )
+
+
+def _write(conn: Connection, new: list[tuple[UsageRequest, Breakdown, _Pair]], now: datetime) -> None:
+    """All new events: usage rows, journal rows, balances, counters and lifetime aggregates, in
+    one statement queued to go with COMMIT."""
+    groups = [group_of(p.meter.usage_type.breakdown, e.reference_id, e.details) for e, _, p in new]
     params = {
-        "ev_ids": [e.event_id for e, _ in new],
-        "ev_amounts": [e.amount for e, _ in new],
-        "ev_refs": [e.reference_id for e, _ in new],
-        "ev_descriptions": [e.description for e, _ in new],
-        "ev_details": [_dumps(e.details) for e, _ in new],
-        "ev_reservations": [e.reservation_id for e, _ in new],
-        "ev_fs": [s.from_subscription for _, s in new],
-        "ev_fr": [s.from_rollover for _, s in new],
-        "ev_fp": [s.from_purchased for _, s in new],
-        "ev_fd": [s.overflow_to_debt for _, s in new],
+        "ev_ids": [e.event_id for e, _, _ in new],
+        "ev_users": [e.user_id for e, _, _ in new],
+        "ev_types": [e.usage_type for e, _, _ in new],
+        "ev_periods": [p.period_id for _, _, p in new],
+        "ev_amounts": [e.amount for e, _, _ in new],
+        "ev_refs": [e.reference_id for e, _, _ in new],
+        "ev_descriptions": [e.description for e, _, _ in new],
+        "ev_details": [_dumps(e.details) for e, _, _ in new],
+        "ev_reservations": [e.reservation_id for e, _, _ in new],
+        "ev_fs": [s.from_subscription for _, s, _ in new],
+        "ev_fr": [s.from_rollover for _, s, _ in new],
+        "ev_fp": [s.from_purchased for _, s, _ in new],
+        "ev_fd": [s.overflow_to_debt for _, s, _ in new],
         "ev_gks": [group_key(g) for g in groups],
         "ev_gkeys": [_dumps(g) for g in groups],
-        "ev_labels": [label_of(spec_b, e.reference_id, e.details) for e, _ in new],
-        "ev_measures": [_dumps(measures_of(spec_b, e.details)) for e, _ in new],
+        "ev_labels": [label_of(p.meter.usage_type.breakdown, e.reference_id, e.details) for e, _, p in new],
+        "ev_measures": [_dumps(measures_of(p.meter.usage_type.breakdown, e.details)) for e, _, p in new],
         "ev_at": now,
     }
-    inserted = post_entries(
+    post_entries(
         conn,
-        user_id=first.user_id,
-        usage_type=first.usage_type,
         reason="usage",
-        period_id=period_id,
         entries=[
             Entry(
                 e.event_id,
+                e.user_id,
+                e.usage_type,
+                p.period_id,
                 used=s.from_subscription,
                 rollover=-(s.from_rollover + s.overflow_to_debt),
                 purchased=-s.from_purchased,
             )
-            for e, s in new
+            for e, s, p in new
         ],
-        alongside=Alongside(_USAGE_CTES, params, counted="ev"),
+        alongside=Alongside(_USAGE_CTES, params),
     )
-    if inserted != len(new):
-        # An id unseen by the lock statement's snapshot was inserted by a concurrent transaction
-        # (of another user or type, or one this lock waited for): classify again from the start.
-        raise Retry(f"{len(new) - inserted} of {len(new)} event ids were taken concurrently")
 
 
 def record(event: UsageRequest, now: datetime | None = None) -> Outcome:
@@ -270,64 +315,56 @@ def record(event: UsageRequest, now: datetime | None = None) -> Outcome:
 def record_many(events: list[UsageRequest], now: datetime | None = None) -> list[Outcome]:
     """Record events, each applied or rejected on its own; results in input order.
 
-    Events of one user share one transaction (one commit for many rows), and the events of one
-    (user, usage type) are applied as a set: one lock, one statement for all new events (a single
-    record is a set of one). That is safe because an event's own rejection changes nothing; a
-    database error in a group falls back to one transaction per event, so only the event that
+    All events share one transaction (one commit for many rows, two round trips for any number of
+    events), applied as a set. That is safe because an event's own rejection changes nothing. A
+    database error falls back to one transaction per user, then per event, so only the event that
     caused it fails.
     """
     now = now or datetime.now(UTC)
+    outcomes = _record_set(events, now)
+    _settle_reservations(events, outcomes)
+    _count(outcomes)
+    return outcomes
+
+
+def _record_set(events: list[UsageRequest], now: datetime) -> list[Outcome]:
+    try:
+        return run_in_transaction(lambda conn: _apply(conn, events, now))
+    except MeteringError as error:  # the database is unavailable: every event may be retried
+        return [Outcome(e.event_id, "rejected", error=error) for e in events]
+    except exc.DBAPIError as error:
+        if len(events) == 1:
+            return [_failed(events[0], error)]
+    # split: each user's events on their own, or (for one user) each event on its own
     by_user: dict[str, list[int]] = defaultdict(list)
     for index, event in enumerate(events):
         by_user[event.user_id].append(index)
-
+    parts = list(by_user.values()) if len(by_user) > 1 else [[i] for i in range(len(events))]
     outcomes: list[Outcome | None] = [None] * len(events)
-    for indexes in by_user.values():
-        group = [events[i] for i in indexes]
-
-        def apply_group(conn: Connection, group: list[UsageRequest] = group) -> list[Outcome]:
-            return _apply_user(conn, group, now)
-
-        try:
-            results = run_in_transaction(apply_group)
-        except exc.DBAPIError:
-            results = [_alone(event, now) for event in group]
-        except MeteringError as error:  # the database is unavailable: every event may be retried
-            results = [Outcome(e.event_id, "rejected", error=error) for e in group]
-        for i, result in zip(indexes, results, strict=True):
-            outcomes[i] = result
-
-    _settle_reservations(events, outcomes)
-    _count(outcomes)
+    for part in parts:
+        for i, outcome in zip(part, _record_set([events[i] for i in part], now), strict=True):
+            outcomes[i] = outcome
     return [o for o in outcomes if o is not None]
 
 
-def _alone(event: UsageRequest, now: datetime) -> Outcome:
-    try:
-        return run_in_transaction(lambda conn: _apply_user(conn, [event], now))[0]
-    except exc.DBAPIError as error:
-        if sqlstate(error) == "22003":  # numeric_value_out_of_range: a total would overflow
-            return Outcome(
-                event.event_id, "rejected", error=AmountOutOfRange("amount: a total would overflow")
-            )
-        logger.exception("recording failed", extra={"event_id": event.event_id})
-        return Outcome(event.event_id, "rejected", error=InternalError("internal error; retry the event"))
-    except MeteringError as error:
-        return Outcome(event.event_id, "rejected", error=error)
+def _failed(event: UsageRequest, error: exc.DBAPIError) -> Outcome:
+    if sqlstate(error) == "22003":  # numeric_value_out_of_range: a total would overflow
+        return Outcome(event.event_id, "rejected", error=AmountOutOfRange("amount: a total would overflow"))
+    logger.exception("recording failed", extra={"event_id": event.event_id})
+    return Outcome(event.event_id, "rejected", error=InternalError("internal error; retry the event"))
 
 
-def _settle_reservations(events: list[UsageRequest], outcomes: list[Outcome | None]) -> None:
+def _settle_reservations(events: list[UsageRequest], outcomes: list[Outcome]) -> None:
     # after commit: the usage is safely stored before its hold disappears
     for event, outcome in zip(events, outcomes, strict=True):
-        if event.reservation_id and outcome is not None and outcome.status in ("recorded", "duplicate"):
+        if event.reservation_id and outcome.status in ("recorded", "duplicate"):
             reservations.settle(event.user_id, event.reservation_id, event.usage_type, outcome.version)
 
 
-def _count(outcomes: list[Outcome | None]) -> None:
+def _count(outcomes: list[Outcome]) -> None:
     tally = {"recorded": 0, "duplicate": 0, "rejected": 0}
     for o in outcomes:
-        if o is not None:
-            tally[o.status] += 1
+        tally[o.status] += 1
     for status, metric in (
         ("recorded", Metric.USAGE_RECORDED),
         ("duplicate", Metric.USAGE_DUPLICATE),

@@ -1,0 +1,90 @@
+"""Statements run by the driver directly, several per round trip.
+
+The hot paths (check, record) know their SQL in advance. Running it through SQLAlchemy costs
+about 0.1 ms of CPU per statement and one round trip each; here a statement's `:name` placeholders
+are turned into `$n` once, its rows come back as named tuples, and `fetch` sends several
+statements (plus whatever was `queue`d) in one round trip (`metering.db.wire.PipelinedConnection`).
+Driver errors are raised as SQLAlchemy's DBAPIError, exactly as from `Connection.execute`, so
+`engine.run_in_transaction` treats both paths alike.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import namedtuple
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Connection, exc
+
+# SQLAlchemy's own rule for text() bind names: `:name`, but not `::type` casts
+_BIND = re.compile(r"(?<![:\w\x5c]):(\w+)(?!:)")
+
+
+class Statement:
+    """SQL text with `:name` placeholders, converted once to the server's `$n` form."""
+
+    __slots__ = ("names", "numbered", "text")
+
+    def __init__(self, text: str) -> None:
+        names: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            if match.group(1) not in names:
+                names.append(match.group(1))
+            return f"${names.index(match.group(1)) + 1}"
+
+        self.text = text
+        self.numbered = _BIND.sub(number, text)
+        self.names = tuple(names)
+
+    def bind(self, params: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        return self.numbered, tuple(params[name] for name in self.names)
+
+
+def _driver(conn: Connection) -> Any:
+    return conn.connection.driver_connection
+
+
+@lru_cache(maxsize=64)
+def _row_type(columns: tuple[str, ...]) -> Any:
+    return namedtuple("Row", columns)
+
+
+def _rows(context: Any) -> list[Any]:
+    if context.columns is None:
+        return []
+    make = _row_type(tuple(c["name"] for c in context.columns))._make
+    return [make(row) for row in context.rows or ()]
+
+
+def fetch(conn: Connection, *statements: tuple[Statement, Mapping[str, Any]]) -> list[list[Any]]:
+    """Run `statements` (after anything queued) in one round trip; the rows of each."""
+    bound = [statement.bind(params) for statement, params in statements]
+    try:
+        contexts = _driver(conn).exchange(bound)
+    except OSError:
+        raise
+    except Exception as error:
+        raise translated(error, bound[-1][0] if bound else "(queued statements)") from error
+    return [_rows(context) for context in contexts]
+
+
+def fetch_one(conn: Connection, statement: Statement, params: Mapping[str, Any]) -> list[Any]:
+    return fetch(conn, (statement, params))[0]
+
+
+def queue(conn: Connection, statement: Statement, params: Mapping[str, Any]) -> None:
+    """Run `statement` with the transaction's next round trip (the next `fetch`, SQLAlchemy
+    execute, or COMMIT); nobody reads its rows, and its error fails that round trip."""
+    _driver(conn).queue(*statement.bind(params))
+
+
+def translated(error: Exception, statement: str) -> Exception:
+    """A driver error as SQLAlchemy would raise it (DBAPIError subclasses); anything else as is."""
+    from metering.db.wire import dbapi
+
+    if not isinstance(error, dbapi.Error):
+        return error
+    return exc.DBAPIError.instance(statement, None, error, dbapi.Error, hide_parameters=True)

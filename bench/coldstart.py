@@ -1,16 +1,22 @@
 """Cold start: the import of each handler module in a fresh interpreter, and its peak memory.
 
-A copy of what `sam build` would ship is assembled in a temporary directory (nothing is written
-into the repository): the layer (`python/`: layers/metering/metering plus the distributions of
+What is imported is the real `sam build` output: the template is built (without containers, by
+the Makefiles of the layer and the functions, which compile the bytecode) into a temporary
+--build-dir, so nothing is written into the repository. sam is .venv-sam/bin/sam (`make
+samvenv`), else SAM_BIN/sam, else `sam` on PATH. Without sam, or if the build fails, a copy of
+what the build ships is assembled instead, and the results say so (`build`, `build_note`): the
+layer (`python/`: layers/metering/metering plus the distributions of
 layers/metering/requirements.txt and their dependencies, copied from the venv at the same pinned
-versions) and each function's code directory (app.py plus its own requirements.txt). Each handler
-is then imported in a fresh `python -S -B` (no site-packages, no .pyc writing) with only the
-function directory, the layer and the stdlib on sys.path, plus the venv's site-packages *last*
+versions) and each function's code directory (app.py plus its own requirements.txt, minus what
+the layer has).
+
+Each handler is imported in a fresh `python -S -B` (no site-packages, no .pyc writing) with only
+the function directory, the layer and the stdlib on sys.path, plus the venv's site-packages *last*
 as a stand-in for the Lambda runtime (which provides boto3): a module found only there is
 reported, because the layer would not have it.
 
-Two passes: without bytecode (the copy has no __pycache__: what Lambda does when the zip ships
-none) and after `python -m compileall -q` of the copy (bytecode compiled at build time).
+Two passes: with the bytecode the build compiled (unchecked-hash .pyc, as shipped), and on a copy
+of the same files without any __pycache__ (what Lambda does when the zip ships no .pyc).
 The import is timed inside the subprocess (time.perf_counter around exec_module); peak memory is
 the process's VmHWM after the import (/proc/self/status; ru_maxrss of a child forked from the
 big bench process would report the parent's peak, because Linux carries it across fork and exec).
@@ -28,6 +34,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +136,8 @@ def _copy_dists(dists: list[md.Distribution], target: Path) -> None:
 
 
 def build(workdir: Path) -> tuple[Path, dict[str, Path]]:
-    """Assemble the layer and the function directories as `sam build` would, without .pyc."""
+    """Assemble the layer and the function directories as `sam build` would, without .pyc
+    (the fallback when sam is not available)."""
     layer = workdir / "layer" / "python"
     layer.mkdir(parents=True)
     shutil.copytree(
@@ -216,33 +224,112 @@ def layer_contents(layer: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: -r["kb"])
 
 
+def _note(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] cold start: {message}", file=sys.stderr, flush=True)
+
+
+def _sam() -> Path | None:
+    candidates = [ROOT / ".venv-sam" / "bin" / "sam"]
+    if os.environ.get("SAM_BIN"):
+        candidates.append(Path(os.environ["SAM_BIN"]) / "sam")
+    found = shutil.which("sam")
+    if found:
+        candidates.append(Path(found))
+    return next((c for c in candidates if os.access(c, os.X_OK)), None)
+
+
+def _function_ids() -> dict[str, str]:
+    """functions/<name> -> the logical id of the (first) function built from it."""
+    from metering.devtools.template import load_template
+
+    ids: dict[str, str] = {}
+    for logical_id, res in load_template(ROOT / "template.yaml")["Resources"].items():
+        if res["Type"] == "AWS::Serverless::Function":
+            ids.setdefault(Path(res["Properties"]["CodeUri"]).name, logical_id)
+    return ids
+
+
+def sam_build(workdir: Path) -> tuple[Path, dict[str, Path], float] | str:
+    """`sam build` into workdir: (layer python/, handler -> function dir, seconds), or why not."""
+    sam = _sam()
+    if sam is None:
+        return "sam not found (make samvenv, or SAM_BIN / PATH)"
+    build_dir = workdir / "sam-build"
+    _note(f"{sam} build of template.yaml into a temporary --build-dir")
+    env = {**os.environ, "SAM_CLI_TELEMETRY": "0"}
+    cmd = [str(sam), "build", "--template-file", str(ROOT / "template.yaml"), "--build-dir", str(build_dir)]
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{' '.join(cmd)} failed: {exc}"
+    seconds = time.monotonic() - started
+    if done.returncode != 0:
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        return f"sam build exited {done.returncode}: {tail[:500]}"
+    ids = _function_ids()
+    functions = {
+        name: build_dir / ids[name]
+        for name in HANDLERS
+        if name in ids and (build_dir / ids[name] / "app.py").exists()
+    }
+    return build_dir / "MeteringLayer" / "python", functions, seconds
+
+
+def _without_pyc(layer: Path, functions: dict[str, Path], workdir: Path) -> tuple[Path, dict[str, Path]]:
+    """A copy of the built layer and functions without any __pycache__."""
+    skip = shutil.ignore_patterns("__pycache__")
+    bare_layer = workdir / "no-pyc" / "layer" / "python"
+    shutil.copytree(layer, bare_layer, ignore=skip, symlinks=True)
+    bare = {}
+    for name, fn_dir in functions.items():
+        bare[name] = workdir / "no-pyc" / "functions" / name
+        shutil.copytree(fn_dir, bare[name], ignore=skip, symlinks=True)
+    return bare_layer, bare
+
+
+def _compile(workdir: Path) -> None:
+    """What the Makefiles do: bytecode for CPython 3.12, never checked against the source."""
+    cmd = [sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash"]
+    subprocess.run([*cmd, str(workdir)], check=False, capture_output=True)
+
+
 def measure(runs: int, runs_without_pyc: int | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="metering-bench-build-") as tmp:
         workdir = Path(tmp)
-        layer, functions = build(workdir)
-        missing = [name for name in HANDLERS if name not in functions]
+        built = sam_build(workdir)
+        if isinstance(built, str):
+            note = f"NOT the sam build output ({built}): measuring an assembled copy instead"
+            _note(note)
+            layer, functions = build(workdir)
+            bare_layer, bare_functions = layer, functions  # no .pyc until _compile below
+            source, where, sam_seconds = "assembled copy", "assembled copy in a temp dir", None
+        else:
+            layer, functions, sam_seconds = built
+            bare_layer, bare_functions = _without_pyc(layer, functions, workdir)
+            source, where, note = "sam build", "sam build output in a temp --build-dir", ""
         baseline = json.loads(
             subprocess.run(
                 [sys.executable, "-S", "-B", "-c", _BASELINE], capture_output=True, text=True, check=True
             ).stdout
         )
-        without = _measure(functions, layer, runs_without_pyc or runs)
-        subprocess.run(
-            [sys.executable, "-m", "compileall", "-q", "-j", "0", str(workdir)],
-            check=False,
-            capture_output=True,
-        )
+        without = _measure(bare_functions, bare_layer, runs_without_pyc or runs)
+        if source == "assembled copy":
+            _compile(workdir)
         with_pyc = _measure(functions, layer, runs)
+        missing = [name for name in HANDLERS if name not in functions]
         contents = layer_contents(layer)
-        used = set()
-        for result in with_pyc.values():
-            used |= set(result.get("from_layer", []))
         for row in contents:
             row["imported_by"] = sorted(
                 n for n, r in with_pyc.items() if row["name"].removesuffix(".py") in r.get("from_layer", [])
             )
         return {
-            "method": "python -S -B, import of functions/<name>/app.py by path; layer copy in a temp dir",
+            "method": f"python -S -B, import of <function>/app.py by path; {where}",
+            "build": source,
+            "build_note": note,
+            "sam_build_s": None if sam_seconds is None else round(sam_seconds, 1),
             "runs": runs,
             "runs_without_pyc": runs_without_pyc or runs,
             "interpreter_baseline_maxrss_mb": baseline["maxrss_mb"],

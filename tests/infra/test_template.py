@@ -1,22 +1,34 @@
 """template.yaml: the linters, the SAM translator, a container-free `sam build`, and the contract.
 
 Tools come from SAM_BIN (a directory with `sam` and `cfn-lint`, default <repo>/.venv-sam/bin, made
-by `make samvenv`) and PY312_BIN (a directory with python3.12, which `sam build` needs on PATH).
-Missing tools fail the tests; they are never skipped.
+by `make samvenv`) and PY312_BIN (a directory with python3.12, which the build's Makefiles use and
+the import checks run). Missing tools fail the tests; they are never skipped.
+
+`sam build` runs once per module; its output is then checked as Lambda would load it: bytecode
+compiled at build time for every module, alembic only in the maintenance function, every
+requirement satisfied by the function and the layer together, and each handler importing in a
+bare CPython 3.12 from nothing but the build (and the runtime's boto3) without compiling a module.
 """
 
 from __future__ import annotations
 
+import importlib.metadata as md
+import importlib.util
+import json
 import os
 import re
 import shutil
 import subprocess
+import tomllib
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from metering.devtools.template import load_template
 
@@ -152,12 +164,14 @@ def test_sam_validate_translator() -> None:
     _ok(proc)
 
 
-def test_sam_build_without_containers(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`sam build` of the template, without containers: the build directory."""
     sam = _tool("sam")
     py_bin = _py312_bin()
     if py_bin is None or not (py_bin / "python3.12").exists():
-        pytest.fail(f"python3.12 not found (PY312_BIN={py_bin}): sam build needs it on PATH")
-    build_dir = tmp_path / "build"
+        pytest.fail(f"python3.12 not found (PY312_BIN={py_bin}): the build's Makefiles need CPython 3.12")
+    build_dir = tmp_path_factory.mktemp("sam") / "build"
     env = _env(PATH=f"{py_bin}{os.pathsep}{os.environ.get('PATH', '')}")
     proc = _run(
         [str(sam), "build", "--template-file", "template.yaml", "--build-dir", str(build_dir)],
@@ -165,16 +179,240 @@ def test_sam_build_without_containers(tmp_path: Path) -> None:
         env=env,
     )
     _ok(proc)
+    return build_dir
 
-    layer = build_dir / "MeteringLayer" / "python"
+
+def test_sam_build_without_containers(built: Path) -> None:
+    layer = built / "MeteringLayer" / "python"
     listing = sorted(p.name for p in layer.iterdir()) if layer.is_dir() else []
     assert (layer / "metering" / "__init__.py").is_file(), f"metering package missing from layer: {listing}"
     assert not (layer / "python").exists(), "layer built as python/python/: the source has a python/ folder"
     for package in ("sqlalchemy", "pg8000"):
         assert (layer / package).is_dir(), f"{package} missing from the layer: {listing}"
     assert not (layer / "stripe").exists(), "stripe belongs to the webhook function, not the layer"
-    webhook = build_dir / "StripeWebhookFunction"
+    webhook = built / "StripeWebhookFunction"
     assert (webhook / "stripe").is_dir(), f"stripe missing from StripeWebhookFunction: {os.listdir(webhook)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the build output, as Lambda loads it
+
+LAYER = "MeteringLayer"
+ALL_FUNCTIONS = [*FUNCTIONS, "MaintenanceFunction"]
+# alembic and what it alone needs: the migration path, shipped by the maintenance function only
+MIGRATION_ONLY = ("alembic", "mako", "markupsafe")
+# what the python3.12 runtime itself provides (in /var/runtime), after everything else on sys.path
+RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
+# A .pyc starts with the magic number of the bytecode's Python (3531 for every CPython 3.12.x,
+# importlib.util.MAGIC_NUMBER), then flags (PEP 552): 0 = timestamp, 0b01 = hash-based unchecked,
+# 0b11 = hash-based checked against the source.
+CPYTHON312_MAGIC = (3531).to_bytes(2, "little") + b"\r\n"
+UNCHECKED_HASH = 0b01
+
+
+def _artifact(built: Path, name: str) -> Path:
+    """The directory Lambda puts on sys.path: /opt/python for the layer, /var/task for a function."""
+    return built / name / "python" if name == LAYER else built / name
+
+
+@pytest.mark.parametrize("name", [LAYER, *ALL_FUNCTIONS])
+def test_bytecode_is_compiled_at_build_time(built: Path, name: str) -> None:
+    root = _artifact(built, name)
+    sources = sorted(root.rglob("*.py"))
+    assert sources, f"{name}: no Python sources in {root}"
+    missing, wrong = [], []
+    for source in sources:
+        pyc = source.parent / "__pycache__" / f"{source.stem}.cpython-312.pyc"
+        if not pyc.is_file():
+            missing.append(str(source.relative_to(root)))
+            continue
+        header = pyc.read_bytes()[:16]
+        flags = int.from_bytes(header[4:8], "little")
+        if header[:4] != CPYTHON312_MAGIC or flags != UNCHECKED_HASH:
+            wrong.append(f"{pyc.relative_to(root)}: magic {header[:4]!r}, flags {flags:#04b}")
+    assert not missing, f"{name}: {len(missing)} of {len(sources)} modules without .pyc, e.g. {missing[:5]}"
+    assert not wrong, f"{name}: .pyc not unchecked-hash CPython 3.12 bytecode: {wrong[:5]}"
+
+
+def test_alembic_ships_only_with_the_maintenance_function(built: Path) -> None:
+    layer = _artifact(built, LAYER)
+    for package in MIGRATION_ONLY:
+        assert not (layer / package).exists(), (
+            f"{package} is in the layer: only the maintenance function migrates"
+        )
+        assert not list(layer.glob(f"{package}-*.dist-info")), f"{package}'s dist-info is in the layer"
+        assert (built / "MaintenanceFunction" / package / "__init__.py").is_file(), (
+            f"{package} missing from MaintenanceFunction"
+        )
+        for fn in FUNCTIONS:
+            assert not (built / fn / package).exists(), f"{package} is in {fn}"
+
+
+_LAMBDA_MARKERS = {
+    "python_version": "3.12",
+    "python_full_version": "3.12.0",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "extra": "",
+}
+
+
+def _distributions(path: Path) -> dict[str, md.Distribution]:
+    return {canonicalize_name(d.metadata["Name"]): d for d in md.distributions(path=[str(path)])}
+
+
+@pytest.mark.parametrize("fn", ALL_FUNCTIONS)
+def test_function_and_layer_satisfy_every_requirement(built: Path, fn: str) -> None:
+    """A function's requirements are installed with --no-deps: the layer must supply the rest."""
+    layer = _distributions(_artifact(built, LAYER))
+    own = _distributions(_artifact(built, fn))
+    shadowed = sorted(set(own) & set(layer))
+    assert not shadowed, (
+        f"{fn} ships {shadowed}, which the layer has too (/var/task would shadow /opt/python)"
+    )
+    available = {**layer, **own}
+    problems = []
+    for name, dist in sorted(available.items()):
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is not None and not req.marker.evaluate(_LAMBDA_MARKERS):
+                continue
+            wanted = canonicalize_name(req.name)
+            if wanted in RUNTIME_PROVIDED:
+                continue
+            got = available.get(wanted)
+            if got is None:
+                problems.append(f"{name} requires {line}: missing")
+            elif not req.specifier.contains(got.version, prereleases=True):
+                problems.append(f"{name} requires {line}: {got.version} shipped")
+    assert not problems, f"{fn} with the layer:\n" + "\n".join(problems)
+
+
+# Run in a bare `python3.12 -S -B` (no site-packages, no .pyc written): sys.path is the function
+# directory, the layer's python/, the stdlib and, last, a directory holding only what the runtime
+# provides. Every module that needs compiling from source (no .pyc, or one Python does not accept)
+# goes through SourceFileLoader.source_to_code, which is spied on.
+_PROBE = r"""
+import importlib, importlib.machinery, importlib.util, json, os, sys
+fn_dir, layer, runtime, mode = sys.argv[1:5]
+sys.path[:] = [fn_dir, layer, *(p for p in sys.path[1:] if p), runtime]
+compiled = []
+_source_to_code = importlib.machinery.SourceFileLoader.source_to_code
+def _spy(self, data, path, *, _optimize=-1):
+    compiled.append(path)
+    return _source_to_code(self, data, path, _optimize=_optimize)
+importlib.machinery.SourceFileLoader.source_to_code = _spy
+app = importlib.import_module("app")
+extra = {}
+if mode == "migrate":
+    import alembic.command, alembic.runtime.migration  # what metering.db.migrate imports lazily
+    from metering.db.migrate import head_revision
+    extra["head"] = head_revision()  # loads the migration scripts through alembic
+build = (fn_dir + os.sep, layer + os.sep)
+modules = sorted(
+    (name, m.__file__, getattr(m.__spec__, "cached", None))
+    for name, m in list(sys.modules.items())
+    if (getattr(m, "__file__", None) or "").startswith(build) and m.__file__.endswith(".py")
+)
+alembic = importlib.util.find_spec("alembic")
+print(json.dumps({
+    "handler": [app.__file__, app.__spec__.cached],
+    "modules": modules,
+    "compiled": [p for p in compiled if p.startswith(build)],
+    "alembic": alembic and alembic.origin,
+    "sys_path": sys.path,
+    **extra,
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Stand-in for the runtime's own packages: links to this venv's boto3, botocore, s3transfer."""
+    path = tmp_path_factory.mktemp("runtime")
+    for package in RUNTIME_PROVIDED:
+        spec = importlib.util.find_spec(package)
+        assert spec is not None and spec.submodule_search_locations, f"{package} not installed in the venv"
+        (path / package).symlink_to(spec.submodule_search_locations[0], target_is_directory=True)
+    yield path
+
+
+@pytest.mark.parametrize("fn", ALL_FUNCTIONS)
+def test_handler_imports_from_the_build_without_compiling(built: Path, runtime_dir: Path, fn: str) -> None:
+    py_bin = _py312_bin()
+    assert py_bin is not None and (py_bin / "python3.12").exists(), "python3.12 not found"
+    fn_dir, layer = _artifact(built, fn), _artifact(built, LAYER)
+    mode = "migrate" if fn == "MaintenanceFunction" else "api"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "POWERTOOLS_SERVICE_NAME": "metering",
+        "POWERTOOLS_METRICS_NAMESPACE": "Metering",
+    }
+    proc = subprocess.run(
+        [
+            str(py_bin / "python3.12"),
+            "-S",
+            "-B",
+            "-c",
+            _PROBE,
+            str(fn_dir),
+            str(layer),
+            str(runtime_dir),
+            mode,
+        ],
+        cwd=fn_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    _ok(proc)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    handler_file, handler_pyc = result["handler"]
+    assert handler_file == str(fn_dir / "app.py"), f"{fn}: handler loaded from {handler_file}"
+    assert handler_pyc == str(fn_dir / "__pycache__" / "app.cpython-312.pyc")
+    assert not result["compiled"], f"{fn}: compiled from source at import: {result['compiled'][:10]}"
+    no_pyc = [name for name, _, cached in result["modules"] if not cached or not os.path.isfile(cached)]
+    assert not no_pyc, f"{fn}: modules without a .pyc: {no_pyc[:10]}"
+    from_layer = {
+        name.partition(".")[0] for name, path, _ in result["modules"] if path.startswith(str(layer))
+    }
+    assert "metering" in from_layer, f"{fn}: the metering package was not imported from the layer"
+    if mode == "migrate":
+        assert result["alembic"] == str(fn_dir / "alembic" / "__init__.py"), result["alembic"]
+        assert result["head"], "no head revision: the migration scripts did not load"
+    else:
+        assert result["alembic"] is None, f"{fn} can import alembic ({result['alembic']}): it should not ship"
+
+
+def _requirement_set(path: Path) -> set[tuple[str, str]]:
+    lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    return {(canonicalize_name(r.name), str(r.specifier)) for r in map(Requirement, filter(None, lines))}
+
+
+def test_requirements_follow_pyproject() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = {(canonicalize_name(r.name), str(r.specifier)) for r in map(Requirement, project["dependencies"])}
+    migration = {d for d in deps if d[0] == "alembic"}
+    assert migration, "alembic left pyproject's dependencies: the CLI's `metering migrate` needs it"
+    assert _requirement_set(REPO / "layers" / "metering" / "requirements.txt") == deps - migration, (
+        "layers/metering/requirements.txt must be pyproject's dependencies minus alembic"
+    )
+    assert migration <= _requirement_set(REPO / "functions" / "maintenance" / "requirements.txt")
+    webhook = {
+        (canonicalize_name(r.name), str(r.specifier))
+        for r in map(Requirement, project["optional-dependencies"]["webhook"])
+    }
+    assert webhook <= _requirement_set(REPO / "functions" / "stripe_webhook" / "requirements.txt")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,8 +523,22 @@ def test_functions_use_python312_and_the_layer(template: dict[str, Any]) -> None
     assert layer["Type"] == "AWS::Serverless::LayerVersion"
     assert layer["Properties"]["ContentUri"] == "layers/metering/"
     assert layer["Properties"]["CompatibleRuntimes"] == ["python3.12"]
-    assert layer["Metadata"]["BuildMethod"] == "python3.12"
+    assert layer["Metadata"]["BuildMethod"] == "makefile"
+    assert "build-MeteringLayer:" in (REPO / "layers" / "metering" / "Makefile").read_text()
     assert not (REPO / "layers" / "metering" / "python").exists(), "layer source must not have python/"
+
+
+def test_functions_are_built_by_one_makefile(template: dict[str, Any]) -> None:
+    """Every function: BuildMethod makefile, and the same Makefile in each CodeUri folder."""
+    makefiles = {}
+    for fn, res in template["Resources"].items():
+        if res["Type"] != "AWS::Serverless::Function":
+            continue
+        assert (res.get("Metadata") or {}).get("BuildMethod") == "makefile", f"{fn}: BuildMethod makefile"
+        makefile = REPO / res["Properties"]["CodeUri"] / "Makefile"
+        assert makefile.is_file(), f"{fn}: {makefile.relative_to(REPO)} missing"
+        makefiles[makefile.relative_to(REPO)] = makefile.read_text()
+    assert len(set(makefiles.values())) == 1, f"the function Makefiles differ: {sorted(map(str, makefiles))}"
 
 
 @pytest.mark.parametrize("fn", [*FUNCTIONS, "MaintenanceFunction"])

@@ -17,11 +17,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from metering.api.http import describe_validation_errors
-from metering.api.models import BatchResponse, BatchResult, BreakdownOut, ErrorOut, UsageRequest
+from metering.api.models import BatchResponse, BatchResult, ErrorOut, UsageRequest
 from metering.config import get_settings
 from metering.errors import BadInput, MeteringError, PayloadTooLarge
 from metering.observability import Metric, count, logger
-from metering.services.record import Outcome, record_many
+from metering.services.record import Outcome, breakdown_out, record_many
 
 NOT_JSON = object()  # stands for a queue message whose body is not JSON at all
 
@@ -59,12 +59,12 @@ def record_raw(items: list[Any]) -> list[Outcome]:
 def batch_results(items: list[dict[str, Any]]) -> BatchResponse:
     results = []
     for outcome in record_raw(items):
-        response, error = outcome.response, outcome.error
+        split, error = outcome.breakdown, outcome.error
         results.append(
             BatchResult(
                 event_id=outcome.event_id,
                 status=outcome.status,
-                breakdown=BreakdownOut(**response.breakdown.model_dump()) if response else None,
+                breakdown=breakdown_out(split) if split else None,
                 error=ErrorOut(code=error.code, message=error.message) if error else None,
             )
         )

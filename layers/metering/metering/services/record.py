@@ -41,13 +41,39 @@ class Outcome:
 
     event_id: str | None
     status: Literal["recorded", "duplicate", "rejected"]
-    response: UsageResponse | None = None
+    breakdown: Breakdown | None = None  # recorded or duplicate: the event's split
+    balance: Pools | None = None  # and the pools once it is included
     error: MeteringError | None = None
     version: int = 0  # of the (user, usage type) balances once this event is included
 
     @property
     def retryable(self) -> bool:
         return self.error is not None and self.error.status >= 500
+
+    @property
+    def response(self) -> UsageResponse | None:
+        """The API's answer, built on demand (after the transaction: never while locks are held)."""
+        if self.breakdown is None or self.balance is None or self.event_id is None:
+            return None
+        # built from values this service computed: no validation needed
+        return UsageResponse.model_construct(
+            event_id=self.event_id,
+            recorded=self.status == "recorded",
+            duplicate=self.status == "duplicate",
+            breakdown=breakdown_out(self.breakdown),
+            balance=BalanceOut.model_construct(
+                used=self.balance.used, rollover=self.balance.rollover, purchased=self.balance.purchased
+            ),
+        )
+
+
+def breakdown_out(split: Breakdown) -> BreakdownOut:
+    return BreakdownOut.model_construct(
+        from_subscription=split.from_subscription,
+        from_rollover=split.from_rollover,
+        from_purchased=split.from_purchased,
+        overflow_to_debt=split.overflow_to_debt,
+    )
 
 
 # The usage rows and lifetime aggregates of the new events, written by the same statement as their
@@ -100,24 +126,6 @@ def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def _response(event: UsageRequest, breakdown: Breakdown, pools: Pools, *, duplicate: bool) -> UsageResponse:
-    # built from values this service computed: no validation needed
-    return UsageResponse.model_construct(
-        event_id=event.event_id,
-        recorded=not duplicate,
-        duplicate=duplicate,
-        breakdown=BreakdownOut.model_construct(
-            from_subscription=breakdown.from_subscription,
-            from_rollover=breakdown.from_rollover,
-            from_purchased=breakdown.from_purchased,
-            overflow_to_debt=breakdown.overflow_to_debt,
-        ),
-        balance=BalanceOut.model_construct(
-            used=pools.used, rollover=pools.rollover, purchased=pools.purchased
-        ),
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class _Stored:
     """What an event id stands for already: a stored row, or an earlier new event of this set."""
@@ -126,6 +134,33 @@ class _Stored:
     usage_type: str
     amount: int
     breakdown: Breakdown
+
+
+@dataclass(frozen=True, slots=True)
+class _Derived:
+    """What a new event writes besides its split, which no balance affects: computed before the
+    transaction takes any lock, so that locks are held for as little work as possible."""
+
+    details: str | None
+    group_key: str
+    group: str
+    label: str | None
+    measures: dict[str, decimal.Decimal]
+
+
+def _derive(event: UsageRequest, m: Meter) -> _Derived:
+    spec = m.usage_type.breakdown
+    group = group_of(spec, event.reference_id, event.details)
+    return _Derived(
+        _dumps(event.details),
+        group_key(group),
+        _dumps(group) or "{}",
+        label_of(spec, event.reference_id, event.details),
+        {name: decimal.Decimal(json.dumps(v)) for name, v in measures_of(spec, event.details).items()},
+    )
+
+
+type _New = tuple[UsageRequest, Breakdown, "_Pair", _Derived]
 
 
 @dataclass(slots=True)
@@ -149,6 +184,7 @@ def _apply(conn: Connection, events: list[UsageRequest], now: datetime) -> list[
     outcomes: list[Outcome | None] = [None] * len(events)
     meters: dict[str, Meter] = {}
     wanted: dict[Pair, Meter] = {}
+    derived: list[_Derived | None] = [None] * len(events)
     for i, event in enumerate(events):
         try:
             m = meters.get(event.usage_type) or meters.setdefault(event.usage_type, meter(event.usage_type))
@@ -156,6 +192,7 @@ def _apply(conn: Connection, events: list[UsageRequest], now: datetime) -> list[
             outcomes[i] = Outcome(event.event_id, "rejected", error=error)
             continue
         wanted.setdefault((event.user_id, event.usage_type), m)
+        derived[i] = _derive(event, m)
     if not wanted:
         return [o for o in outcomes if o is not None]
 
@@ -170,10 +207,10 @@ def _apply(conn: Connection, events: list[UsageRequest], now: datetime) -> list[
         )
         for r in rows
     }
-    new: list[tuple[UsageRequest, Breakdown, _Pair]] = []
+    new: list[_New] = []
     for i, event in enumerate(events):
         if outcomes[i] is None:
-            outcomes[i] = _apply_one(event, pairs[(event.user_id, event.usage_type)], known, new)
+            outcomes[i] = _apply_one(event, pairs[(event.user_id, event.usage_type)], known, new, derived[i])
     if new:
         _write(conn, new, now)
     return [o for o in outcomes if o is not None]
@@ -205,7 +242,8 @@ def _apply_one(
     event: UsageRequest,
     pair: _Pair,
     known: dict[str, _Stored],
-    new: list[tuple[UsageRequest, Breakdown, _Pair]],
+    new: list[_New],
+    derived: _Derived | None,
 ) -> Outcome:
     """One event against its pair's running pools: a duplicate, a conflict, or a new event (whose
     split is appended to `new` and applied to the running pools)."""
@@ -221,7 +259,8 @@ def _apply_one(
         return Outcome(
             event.event_id,
             "duplicate",
-            _response(event, prior.breakdown, pools, duplicate=True),
+            prior.breakdown,
+            pools,
             version=pair.version,
         )
     m = pair.meter
@@ -244,11 +283,10 @@ def _apply_one(
         return Outcome(event.event_id, "rejected", error=out_of_range)
     pair.used, pair.rollover, pair.purchased = next_used, next_rollover, pair.purchased - split.from_purchased
     known[event.event_id] = _Stored(event.user_id, event.usage_type, event.amount, split)
-    new.append((event, split, pair))
+    assert derived is not None  # every event with a meter has one
+    new.append((event, split, pair, derived))
     pools = Pools(pair.used, pair.rollover, pair.purchased)
-    return Outcome(
-        event.event_id, "recorded", _response(event, split, pools, duplicate=False), version=pair.version
-    )
+    return Outcome(event.event_id, "recorded", split, pools, version=pair.version)
 
 
 @dataclass(slots=True)
@@ -262,21 +300,17 @@ class _Group:
     measures: dict[str, decimal.Decimal] = field(default_factory=dict)
 
 
-def _lifetime(new: list[tuple[UsageRequest, Breakdown, _Pair]]) -> dict[tuple[str, str, str], _Group]:
+def _lifetime(new: list[_New]) -> dict[tuple[str, str, str], _Group]:
     groups: dict[tuple[str, str, str], _Group] = {}
-    for event, _, pair in new:
-        spec = pair.meter.usage_type.breakdown
-        group = group_of(spec, event.reference_id, event.details)
-        gk = group_key(group)
-        g = groups.get((event.user_id, event.usage_type, gk))
+    for event, _, _, d in new:
+        g = groups.get((event.user_id, event.usage_type, d.group_key))
         if g is None:
-            g = groups[(event.user_id, event.usage_type, gk)] = _Group(_dumps(group) or "{}", None)
-        g.label = label_of(spec, event.reference_id, event.details) or g.label  # the latest non-null
+            g = groups[(event.user_id, event.usage_type, d.group_key)] = _Group(d.group, None)
+        g.label = d.label or g.label  # the latest non-null
         g.total += event.amount
         g.events += 1
-        for name, value in measures_of(spec, event.details).items():
-            exact = decimal.Decimal(json.dumps(value))
-            g.measures[name] = _EXACT.add(g.measures.get(name, decimal.Decimal(0)), exact)
+        for name, value in d.measures.items():
+            g.measures[name] = _EXACT.add(g.measures.get(name, decimal.Decimal(0)), value)
     return groups
 
 
@@ -284,24 +318,24 @@ def _measures_json(measures: dict[str, decimal.Decimal]) -> str:
     return "{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{v}" for k, v in measures.items()) + "}"
 
 
-def _write(conn: Connection, new: list[tuple[UsageRequest, Breakdown, _Pair]], now: datetime) -> None:
+def _write(conn: Connection, new: list[_New], now: datetime) -> None:
     """All new events: usage rows, journal rows, balances, counters and lifetime aggregates, in
     one statement queued to go with COMMIT."""
     groups = _lifetime(new)
     params = {
-        "ev_ids": [e.event_id for e, _, _ in new],
-        "ev_users": [e.user_id for e, _, _ in new],
-        "ev_types": [e.usage_type for e, _, _ in new],
-        "ev_amounts": [e.amount for e, _, _ in new],
-        "ev_refs": [e.reference_id for e, _, _ in new],
-        "ev_descriptions": [e.description for e, _, _ in new],
-        "ev_details": [_dumps(e.details) for e, _, _ in new],
-        "ev_reservations": [e.reservation_id for e, _, _ in new],
-        "ev_periods": [p.period_id for _, _, p in new],
-        "ev_fs": [s.from_subscription for _, s, _ in new],
-        "ev_fr": [s.from_rollover for _, s, _ in new],
-        "ev_fp": [s.from_purchased for _, s, _ in new],
-        "ev_fd": [s.overflow_to_debt for _, s, _ in new],
+        "ev_ids": [e.event_id for e, _, _, _ in new],
+        "ev_users": [e.user_id for e, _, _, _ in new],
+        "ev_types": [e.usage_type for e, _, _, _ in new],
+        "ev_amounts": [e.amount for e, _, _, _ in new],
+        "ev_refs": [e.reference_id for e, _, _, _ in new],
+        "ev_descriptions": [e.description for e, _, _, _ in new],
+        "ev_details": [d.details for _, _, _, d in new],
+        "ev_reservations": [e.reservation_id for e, _, _, _ in new],
+        "ev_periods": [p.period_id for _, _, p, _ in new],
+        "ev_fs": [s.from_subscription for _, s, _, _ in new],
+        "ev_fr": [s.from_rollover for _, s, _, _ in new],
+        "ev_fp": [s.from_purchased for _, s, _, _ in new],
+        "ev_fd": [s.overflow_to_debt for _, s, _, _ in new],
         "ev_at": now,
         "g_users": [u for u, _, _ in groups],
         "g_types": [t for _, t, _ in groups],
@@ -325,7 +359,7 @@ def _write(conn: Connection, new: list[tuple[UsageRequest, Breakdown, _Pair]], n
                 rollover=-(s.from_rollover + s.overflow_to_debt),
                 purchased=-s.from_purchased,
             )
-            for e, s, p in new
+            for e, s, p, _ in new
         ],
         alongside=Alongside(_USAGE_CTES, params),
     )

@@ -110,48 +110,46 @@ def measure(engine=None) -> Iterator[Delta]:  # type: ignore[no-untyped-def]
     counter = install()
     delta = Delta(0, 0, [])
     pg0, redis0 = counter.snapshot()
-    listeners = []
+    real_exchange = None
     if engine is not None:
-        from sqlalchemy import event
+        from metering.db import wire as driver
 
-        marks: list[tuple[int, int, int]] = []
+        real_exchange = driver.PipelinedConnection.exchange
 
-        def before(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-            marks.append((counter.pg, time.perf_counter_ns(), time.process_time_ns()))
+        def exchange(self, statements):  # type: ignore[no-untyped-def]
+            sent = [sql for sql, _ in self._queued + statements]
+            pg0, t0, c0 = counter.pg, time.perf_counter_ns(), time.process_time_ns()
+            try:
+                return real_exchange(self, statements)
+            finally:
+                ms = (time.perf_counter_ns() - t0) / 1e6
+                cpu = (time.process_time_ns() - c0) / 1e6
+                label = " + ".join(statement_label(sql) for sql in sent)
+                delta.statements.append((label, counter.pg - pg0, ms, cpu))
 
-        def after(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-            pg0, t0, c0 = marks.pop()
-            ms = (time.perf_counter_ns() - t0) / 1e6
-            cpu = (time.process_time_ns() - c0) / 1e6
-            delta.statements.append((statement_label(statement), counter.pg - pg0, ms, cpu))
-
-        for name, fn in (("before_cursor_execute", before), ("after_cursor_execute", after)):
-            event.listen(engine, name, fn)
-            listeners.append((name, fn))
+        driver.PipelinedConnection.exchange = exchange  # type: ignore[method-assign]
     try:
         yield delta
     finally:
         delta.pg = counter.pg - pg0
         delta.redis = counter.redis - redis0
-        if engine is not None:
-            from sqlalchemy import event
-
-            for name, fn in listeners:
-                event.remove(engine, name, fn)
+        if real_exchange is not None:
+            driver.PipelinedConnection.exchange = real_exchange  # type: ignore[method-assign]
 
 
 def statement_label(sql: str) -> str:
-    """A short name for a statement: its first words, or the table of an INSERT/UPDATE/WITH."""
+    """A short name for a statement of the service (metering.db.store and services/record.py)."""
     words = " ".join(sql.split())
     known = (
-        ("FROM (SELECT CAST(:u AS text) AS user_id) k", "load_state (SELECT … 5 LEFT JOINs)"),
-        ("INSERT INTO usage_events", "post_entries + usage rows + lifetime_stats (one WITH statement)"),
-        ("INSERT INTO balances", "lock_pools (upsert balances + period_usage, + stored event ids)"),
-        ("INSERT INTO periods", "ensure_period (upsert periods)"),
-        ("INSERT INTO journal", "post_entries (UPDATE balances/period_usage + INSERT journal)"),
+        ("INSERT INTO usage_events", "post_entries + usage rows + lifetime stats"),
+        ("UPDATE balances", "post_entries"),
+        ("INSERT INTO balances", "lock"),
+        ("FROM unnest(CAST($1 AS text[]), CAST($2 AS text[])) AS k", "state"),
+        ("FROM usage_events WHERE event_id = ANY", "stored ids"),
+        ("INSERT INTO periods", "ensure_period"),
     )
     for needle, label in known:
-        if needle.replace(":u", "%s") in words or needle in words:
+        if needle in words:
             return label
     return words[:40]
 

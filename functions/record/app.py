@@ -31,8 +31,9 @@ app = make_resolver()
 )
 def record_usage(event: Annotated[UsageRequest, Body()]) -> Response[UsageResponse]:
     outcome = record.record(event)
-    assert outcome.response is not None
-    return created_or_replayed(outcome.response, applied=outcome.status == "recorded")
+    response = outcome.response
+    assert response is not None
+    return created_or_replayed(response, applied=outcome.status == "recorded")
 
 
 @app.post("/v1/usage/batch", summary="Record up to 500 events, each on its own", responses=ERROR_RESPONSES)

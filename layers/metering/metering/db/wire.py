@@ -29,6 +29,7 @@ array syntax always allows), anything else still by pg8000.
 from __future__ import annotations
 
 import types
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -82,6 +83,16 @@ def _message(buffer: bytearray, code: bytes, payload: bytes | bytearray) -> None
     buffer += payload
 
 
+def _timestamptz_in(text: str) -> Any:
+    """PostgreSQL's timestamptz text ("2026-11-24 06:55:27.12+00") with `fromisoformat`, ten times
+    faster than pg8000's `strptime`; anything it does not take (infinity, BC, beyond year 9999)
+    goes to pg8000's own converter."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return converters.timestamptz_in(text)
+
+
 class PipelinedConnection(legacy.Connection):
     """pg8000's connection, with statements sent in pipelines.
 
@@ -95,8 +106,10 @@ class PipelinedConnection(legacy.Connection):
     def __init__(self, user: str, **kwargs: Any) -> None:
         super().__init__(user, **kwargs)
         self.py_types[list] = _array_literal
+        self.pg_types[converters.TIMESTAMPTZ] = _timestamptz_in
         self._queued: list[tuple[str, Any]] = []
         self._begin_unsent = False
+        self._row_descriptions: dict[bytes, tuple[Any, Any]] = {}
 
     # --- lazy transactions (used by metering.db.engine.transaction) -----------------------------
 
@@ -179,6 +192,20 @@ class PipelinedConnection(legacy.Connection):
             handlers[code](core._read(sock, length - 4), contexts[index])
             if code in _ADVANCE and index < last:
                 index += 1
+
+    def handle_ROW_DESCRIPTION(self, data: bytes, context: core.Context) -> None:
+        """pg8000 decodes every row description field by field; the same statement always gets
+        the same bytes, so the result is kept (the service runs a few dozen statements)."""
+        known = self._row_descriptions.get(data)
+        if known is None:
+            super().handle_ROW_DESCRIPTION(data, context)
+            if len(self._row_descriptions) >= 256:
+                self._row_descriptions.clear()
+            self._row_descriptions[bytes(data)] = (context.columns, context.input_funcs)
+            return
+        context.columns, context.input_funcs = known
+        if context.rows is None:
+            context.rows = []
 
     # --- what pg8000's cursor (and so SQLAlchemy) calls -------------------------------------------
 

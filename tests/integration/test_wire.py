@@ -1,0 +1,119 @@
+"""The pipelined driver (metering.db.wire, metering.db.sql) against a real PostgreSQL: several
+statements per round trip, BEGIN and queued writes sent lazily, an error stopping everything after
+it, and the decoding shortcuts giving exactly what pg8000 gives."""
+
+from datetime import UTC, datetime
+
+import pytest
+from pg8000 import converters, core
+from sqlalchemy import exc
+
+from metering.db.engine import get_engine, transaction
+from metering.db.sql import Statement, fetch, fetch_one, queue
+from tests.support.state import query
+
+
+@pytest.fixture
+def scratch(clean):
+    with get_engine().connect() as conn:
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS wire_scratch (k text PRIMARY KEY, n int)")
+        conn.exec_driver_sql("TRUNCATE wire_scratch")
+    yield
+    with get_engine().connect() as conn:
+        conn.exec_driver_sql("DROP TABLE wire_scratch")
+
+
+@pytest.fixture
+def flushes(monkeypatch):
+    counts = {"n": 0}
+    real = core._flush
+
+    def flush(sock):
+        counts["n"] += 1
+        return real(sock)
+
+    monkeypatch.setattr(core, "_flush", flush)
+    return counts
+
+
+INSERT = Statement("INSERT INTO wire_scratch (k, n) VALUES (:k, :n)")
+ROWS = Statement("SELECT k, n FROM wire_scratch ORDER BY k")
+
+
+def test_statement_numbers_each_name_once_and_leaves_casts_alone():
+    statement = Statement("SELECT CAST(:a AS int), :b, '{}'::jsonb, :a + 1")
+    assert statement.numbered == "SELECT CAST($1 AS int), $2, '{}'::jsonb, $1 + 1"
+    assert statement.bind({"b": "x", "a": 3}) == (statement.numbered, (3, "x"))
+
+
+def test_several_statements_in_one_round_trip_each_with_its_rows(scratch, flushes):
+    with get_engine().connect() as conn:
+        before = flushes["n"]
+        first, second = fetch(
+            conn,
+            (Statement("SELECT CAST(:x AS int) AS x, CAST(:y AS text) AS y"), {"x": 1, "y": "a"}),
+            (Statement("SELECT g AS n FROM generate_series(1, :m) AS g"), {"m": 3}),
+        )
+        assert flushes["n"] - before == 1
+    assert [tuple(r) for r in first] == [(1, "a")] and first[0].y == "a"
+    assert [r.n for r in second] == [1, 2, 3]
+
+
+def test_a_transaction_sends_begin_with_its_first_statement_and_writes_with_commit(scratch, flushes):
+    before = flushes["n"]
+    with transaction() as conn:
+        assert fetch_one(conn, ROWS, {}) == []  # round trip 1: BEGIN + this read
+        queue(conn, INSERT, {"k": "a", "n": 1})
+        queue(conn, INSERT, {"k": "b", "n": 2})
+    assert flushes["n"] - before == 2  # round trip 2: both writes + COMMIT
+    assert query("SELECT k, n FROM wire_scratch ORDER BY k") == [("a", 1), ("b", 2)]
+
+
+def test_a_transaction_that_did_nothing_costs_nothing(scratch, flushes):
+    with get_engine().connect():  # a pooled connection exists already
+        pass
+    before = flushes["n"]
+    with transaction():
+        pass
+    assert flushes["n"] == before
+
+
+def test_a_failing_queued_write_skips_commit_and_leaves_nothing(scratch):
+    with pytest.raises(exc.DBAPIError) as raised, transaction() as conn:
+        fetch_one(conn, ROWS, {})
+        queue(conn, INSERT, {"k": "a", "n": 1})
+        queue(conn, INSERT, {"k": "a", "n": 2})  # duplicate key: fails, so COMMIT never runs
+    assert raised.value.orig.args[0]["C"] == "23505"
+    assert query("SELECT count(*) FROM wire_scratch") == [(0,)]
+    with transaction() as conn:  # the pooled connection was rolled back and works
+        queue(conn, INSERT, {"k": "c", "n": 3})
+    assert query("SELECT k FROM wire_scratch") == [("c",)]
+
+
+def test_an_error_stops_the_rest_of_the_pipeline(scratch):
+    with pytest.raises(exc.DBAPIError), transaction() as conn:
+        fetch(
+            conn,
+            (INSERT, {"k": "a", "n": 1}),
+            (Statement("SELECT CAST(:v AS int)"), {"v": "not a number"}),
+            (INSERT, {"k": "b", "n": 2}),
+        )
+    assert query("SELECT count(*) FROM wire_scratch") == [(0,)]
+
+
+def test_rows_decode_as_pg8000_decodes_them(clean):
+    """The row-description cache and the timestamptz shortcut give pg8000's own values."""
+    values = Statement(
+        "SELECT CAST(:a AS timestamptz) AS a, CAST('infinity' AS timestamptz) AS b, "
+        "CAST('2026-11-24 06:55:27.12+05:30' AS timestamptz) AS c, CAST(:n AS bigint) AS n"
+    )
+    other = Statement("SELECT CAST(:n AS text) AS label")
+    when = datetime(2026, 11, 24, 6, 55, 27, 120000, tzinfo=UTC)
+    with get_engine().connect() as conn:
+        for _ in range(2):  # the second time from the cache
+            (row,) = fetch_one(conn, values, {"a": when, "n": 7})
+            (label,) = fetch_one(conn, other, {"n": "x"})
+            assert row.a == when and row.a.utcoffset() is not None
+            assert row.b == "infinity"
+            assert row.c == converters.timestamptz_in("2026-11-24 01:25:27.12+00")
+            assert row.n == 7 and label._fields == ("label",) and label.label == "x"

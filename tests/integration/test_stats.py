@@ -152,3 +152,31 @@ def test_me_stats_acts_for_the_jwt_subject_and_needs_one():
     assert my_stats("u1") == (200, EXPECTED)
     status, body = my_stats(None)
     assert (status, body["error"]["code"]) == (401, "unauthorized")
+
+
+def test_one_batch_keeps_groups_apart_that_are_equal_only_as_python_values():
+    """1, 1.0 and true are one dict key in Python but three groups (three JSON values); measures
+    are summed exactly (0.1 + 0.2 = 0.3, as PostgreSQL's numeric sums), all within one set."""
+    subscribe("u1", "plus")
+    events = [
+        {
+            "event_id": f"g{i}",
+            "user_id": "u1",
+            "usage_type": "premium_voice",
+            "amount": 10,
+            "details": {"voice_slug": slug, "model_slug": "m1", "duration_ms": ms},
+        }
+        for i, (slug, ms) in enumerate([(1, 0.1), (1.0, 0.2), (True, 1), (1, 0.2), ("1", 5)])
+    ]
+    status, body = api.batch(events)
+    assert status == 200 and [r["status"] for r in body["results"]] == ["recorded"] * 5
+    rows = stats("u1")[1]["usage_types"]["premium_voice"]["rows"]
+    by_key = {
+        repr(r["key"]["details.voice_slug"]) + type(r["key"]["details.voice_slug"]).__name__: r for r in rows
+    }
+    assert {k: (r["total"], r["events"], r["measures"]) for k, r in by_key.items()} == {
+        "1int": (20, 2, {"details.duration_ms": 0.3}),
+        "1.0float": (10, 1, {"details.duration_ms": 0.2}),
+        "Truebool": (10, 1, {"details.duration_ms": 1}),
+        "'1'str": (10, 1, {"details.duration_ms": 5}),
+    }

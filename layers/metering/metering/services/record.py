@@ -148,16 +148,31 @@ class _Derived:
     measures: dict[str, decimal.Decimal]
 
 
-def _derive(event: UsageRequest, m: Meter) -> _Derived:
+def _derive(event: UsageRequest, m: Meter, groups: dict[Any, tuple[str, str]]) -> _Derived:
+    """`groups` remembers the (key, JSON) of each group seen in this set: events of one set
+    mostly share a few groups, and both are JSON encodings."""
     spec = m.usage_type.breakdown
     group = group_of(spec, event.reference_id, event.details)
+    # the types too: 1, 1.0 and True are equal as keys but not as JSON
+    values = (m.usage_type.id, *((type(v), v) for v in group.values()))
+    try:
+        known = groups.get(values)
+    except TypeError:  # a list or object in a grouped field: not hashable, not remembered
+        known = (group_key(group), _dumps(group) or "{}")
+    if known is None:
+        known = groups[values] = (group_key(group), _dumps(group) or "{}")
     return _Derived(
         _dumps(event.details),
-        group_key(group),
-        _dumps(group) or "{}",
+        known[0],
+        known[1],
         label_of(spec, event.reference_id, event.details),
-        {name: decimal.Decimal(json.dumps(v)) for name, v in measures_of(spec, event.details).items()},
+        {name: _exact(v) for name, v in measures_of(spec, event.details).items()},
     )
+
+
+def _exact(number: float) -> decimal.Decimal:
+    """The value PostgreSQL reads from the number's JSON text (`repr` for a float)."""
+    return decimal.Decimal(number) if isinstance(number, int) else decimal.Decimal(repr(number))
 
 
 type _New = tuple[UsageRequest, Breakdown, "_Pair", _Derived]
@@ -185,6 +200,7 @@ def _apply(conn: Connection, events: list[UsageRequest], now: datetime) -> list[
     meters: dict[str, Meter] = {}
     wanted: dict[Pair, Meter] = {}
     derived: list[_Derived | None] = [None] * len(events)
+    groups: dict[Any, tuple[str, str]] = {}
     for i, event in enumerate(events):
         try:
             m = meters.get(event.usage_type) or meters.setdefault(event.usage_type, meter(event.usage_type))
@@ -192,7 +208,7 @@ def _apply(conn: Connection, events: list[UsageRequest], now: datetime) -> list[
             outcomes[i] = Outcome(event.event_id, "rejected", error=error)
             continue
         wanted.setdefault((event.user_id, event.usage_type), m)
-        derived[i] = _derive(event, m)
+        derived[i] = _derive(event, m, groups)
     if not wanted:
         return [o for o in outcomes if o is not None]
 

@@ -10,7 +10,7 @@ from moto import mock_aws
 from metering.devtools.context import make_context
 from tests.support import api
 from tests.support.lambda_events import handler
-from tests.support.state import assert_reconciled, query, subscribe, use_test_catalog
+from tests.support.state import assert_reconciled, execute, query, subscribe, use_test_catalog
 
 
 @pytest.fixture(autouse=True)
@@ -66,6 +66,58 @@ def test_batch_outcomes_in_request_order():
         == -500
     )
     assert_reconciled()
+
+
+def test_a_database_error_fails_only_the_event_that_caused_it():
+    """A batch is one transaction; when the database refuses one event (here a CHECK constraint
+    added for the test), the set falls back to one transaction per user, then per event: the
+    guilty event is rejected (500-class, retryable), every other event of every user is recorded."""
+    subscribe("u1", "basic")
+    execute("ALTER TABLE usage_events ADD CONSTRAINT poison CHECK (event_id <> 'poison')")
+    try:
+        status, body = api.batch(
+            [
+                ev("a"),
+                ev("b", user="u2"),
+                ev("poison"),
+                ev("c"),
+                ev("d", user="u3", usage_type="server_kokoro"),
+            ]
+        )
+    finally:
+        execute("ALTER TABLE usage_events DROP CONSTRAINT poison")
+    assert status == 200
+    assert [(r["event_id"], r["status"]) for r in body["results"]] == [
+        ("a", "recorded"),
+        ("b", "recorded"),
+        ("poison", "rejected"),
+        ("c", "recorded"),
+        ("d", "recorded"),
+    ]
+    assert body["results"][2]["error"]["code"] == "internal_error"
+    assert [r[0] for r in query("SELECT event_id FROM usage_events ORDER BY event_id")] == [
+        "a",
+        "b",
+        "c",
+        "d",
+    ]
+    assert query(
+        "SELECT used FROM period_usage pu JOIN periods p USING (period_id) WHERE p.user_id = 'u1'"
+    ) == [(200,)]
+    assert_reconciled()
+    assert api.batch([ev("poison")])[1]["results"][0]["status"] == "recorded"  # the retry succeeds
+
+
+def test_details_that_are_not_json_are_rejected_by_name():
+    """Python's JSON parser accepts NaN and Infinity; JSON and jsonb do not: a 400 naming the field,
+    never a 500, and the other events of a batch are recorded."""
+    status, body = api.record("n1", "u1", "premium_voice", 10, details={"duration_ms": float("nan")})
+    assert (status, body["error"]["code"]) == (400, "validation_error")
+    assert "details" in body["error"]["message"] and "NaN" in body["error"]["message"]
+    status, body = api.batch([ev("n2", details={"x": float("inf")}), ev("ok")])
+    assert [(r["event_id"], r["status"]) for r in body["results"]] == [("n2", "rejected"), ("ok", "recorded")]
+    assert body["results"][0]["error"]["code"] == "validation_error"
+    assert [r[0] for r in query("SELECT event_id FROM usage_events")] == ["ok"]
 
 
 def test_a_batch_item_that_is_not_an_object_makes_the_request_malformed():

@@ -83,6 +83,13 @@ def query(sql: str, **params) -> list:
     return rows
 
 
+def execute(sql: str, **params) -> None:
+    engine = _engine()
+    with engine.begin() as conn:
+        conn.execute(text(sql), params)
+    engine.dispose()
+
+
 def assert_reconciled(user_id: str | None = None) -> None:
     from metering.services.reconcile import reconcile
 

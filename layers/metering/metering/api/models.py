@@ -64,7 +64,11 @@ class CheckResponse(Response):
 
 def _details_size(details: dict[str, Any] | None) -> dict[str, Any] | None:
     if details is not None:
-        size = len(json.dumps(details, separators=(",", ":"), ensure_ascii=False).encode())
+        try:  # Python's JSON parser accepts NaN and Infinity; JSON (and a jsonb column) does not
+            text = json.dumps(details, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            raise PydanticCustomError("not_json", "NaN and Infinity are not JSON numbers") from None
+        size = len(text.encode())
         if size > DETAILS_MAX_BYTES:
             raise PydanticCustomError(
                 "payload_too_large",

@@ -9,7 +9,7 @@ from pg8000 import converters, core
 from sqlalchemy import exc
 
 from metering.db.engine import get_engine, transaction
-from metering.db.sql import Statement, fetch, fetch_one, queue
+from metering.db.sql import Statement, fetch, fetch_one, fetch_snapshot, queue
 from tests.support.state import query
 
 
@@ -117,3 +117,59 @@ def test_rows_decode_as_pg8000_decodes_them(clean):
             assert row.b == "infinity"
             assert row.c == converters.timestamptz_in("2026-11-24 01:25:27.12+00")
             assert row.n == 7 and label._fields == ("label",) and label.label == "x"
+
+
+def test_a_snapshot_read_sees_one_snapshot_across_its_statements(scratch):
+    """The check's reads (pools, version, period counter) must agree: `fetch_snapshot` runs them in
+    one REPEATABLE READ transaction sent with them. The second count waits (advisory lock) until a
+    row has been committed after the first count; it must still see what the first one saw."""
+    import threading
+
+    from sqlalchemy import create_engine, text
+
+    from tests.support.state import _engine, execute
+
+    count = Statement("SELECT count(*) AS n FROM wire_scratch")
+    wait = Statement("SELECT pg_advisory_xact_lock_shared(4242) AS waited")
+    result: dict = {}
+    holder = _engine()
+    with holder.connect() as lock:
+        lock.execute(text("SELECT pg_advisory_lock(4242)"))
+
+        def read() -> None:
+            with get_engine().connect() as conn:
+                result["rows"] = fetch_snapshot(conn, (count, {}), (wait, {}), (count, {}))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        wait_for_lock_waiter = create_engine(str(holder.url))
+        try:
+            for _ in range(2000):
+                with wait_for_lock_waiter.connect() as probe:
+                    waiting = probe.execute(
+                        text(
+                            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242"
+                            " AND NOT granted"
+                            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                        )
+                    ).scalar()
+                if waiting:
+                    break
+            assert waiting, "the snapshot read never reached its second statement"
+            execute("INSERT INTO wire_scratch (k, n) VALUES ('late', 1)")  # committed
+        finally:
+            lock.execute(text("SELECT pg_advisory_unlock(4242)"))
+            reader.join(30)
+            wait_for_lock_waiter.dispose()
+    holder.dispose()
+    first, _, second = result["rows"]
+    assert first[0].n == second[0].n == 0
+    assert query("SELECT count(*) FROM wire_scratch") == [(1,)]
+
+
+def test_a_failed_snapshot_read_leaves_the_connection_idle(scratch):
+    with get_engine().connect() as conn:
+        with pytest.raises(exc.DBAPIError):
+            fetch_snapshot(conn, (ROWS, {}), (Statement("SELECT CAST(:v AS int)"), {"v": "x"}))
+        assert fetch_one(conn, ROWS, {}) == []  # autocommit again: not stuck in a failed transaction
+        assert conn.connection.driver_connection._transaction_status == core.IDLE

@@ -71,6 +71,19 @@ def fetch(conn: Connection, *statements: tuple[Statement, Mapping[str, Any]]) ->
     return [_rows(context) for context in contexts]
 
 
+def fetch_snapshot(conn: Connection, *statements: tuple[Statement, Mapping[str, Any]]) -> list[list[Any]]:
+    """`fetch` in one read-only REPEATABLE READ transaction (one snapshot for all statements);
+    BEGIN and COMMIT travel with them: still one round trip. Not inside another transaction."""
+    bound = [statement.bind(params) for statement, params in statements]
+    try:
+        contexts = _driver(conn).snapshot(bound)
+    except OSError:
+        raise
+    except Exception as error:
+        raise translated(error, bound[-1][0] if bound else "(snapshot)") from error
+    return [_rows(context) for context in contexts]
+
+
 def fetch_one(conn: Connection, statement: Statement, params: Mapping[str, Any]) -> list[Any]:
     return fetch(conn, (statement, params))[0]
 

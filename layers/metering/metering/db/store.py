@@ -18,7 +18,7 @@ from uuid import UUID
 
 from sqlalchemy import Connection
 
-from metering.db.sql import Statement, fetch, fetch_one, queue
+from metering.db.sql import Statement, fetch, fetch_one, fetch_snapshot, queue
 from metering.domain.periods import PeriodSpec, SubscriptionState, resolve_period
 
 
@@ -45,18 +45,32 @@ class UserState:
         return (found[0], found[1]) if found else (None, 0)
 
 
-# One row per (pair, period containing :now); a pair without periods still gets one row.
-_STATE = Statement(
+# A user's state is read by small statements, sent together (one round trip): each is cheap to
+# plan, where one statement joining all six relations spent ~0.3 ms of server CPU planning alone.
+_SUBSCRIPTIONS = Statement(
     """
-    SELECT k.user_id, k.usage_type, s.subscription_id, s.plan_id, s.status, s.current_period_start,
-           s.current_period_end, s.billing_cycle_anchor, b.rollover, b.purchased, b.version,
-           p.period_id, p.period_start, p.period_end, p.plan_id AS period_plan, u.used
-    FROM unnest(CAST(:users AS text[]), CAST(:types AS text[])) AS k (user_id, usage_type)
-    LEFT JOIN accounts a ON a.user_id = k.user_id
-    LEFT JOIN subscriptions s ON s.subscription_id = a.current_subscription_id
-    LEFT JOIN balances b ON b.user_id = k.user_id AND b.usage_type = k.usage_type
-    LEFT JOIN periods p ON p.user_id = k.user_id AND p.period_start <= :now AND p.period_end > :now
-    LEFT JOIN period_usage u ON u.period_id = p.period_id AND u.usage_type = k.usage_type
+    SELECT a.user_id, s.subscription_id, s.plan_id, s.status, s.current_period_start,
+           s.current_period_end, s.billing_cycle_anchor
+    FROM accounts a JOIN subscriptions s ON s.subscription_id = a.current_subscription_id
+    WHERE a.user_id = ANY(CAST(:users AS text[]))
+    """
+)
+
+# The periods containing :now, each with its counters of the usage types asked for (a period
+# without any of them: one row with a NULL usage type).
+_PERIODS = Statement(
+    """
+    SELECT p.user_id, p.period_id, p.period_start, p.period_end, p.plan_id, u.usage_type, u.used
+    FROM periods p
+    LEFT JOIN period_usage u ON u.period_id = p.period_id AND u.usage_type = ANY(CAST(:types AS text[]))
+    WHERE p.user_id = ANY(CAST(:users AS text[])) AND p.period_start <= :now AND p.period_end > :now
+    """
+)
+
+_BALANCES = Statement(
+    """
+    SELECT user_id, usage_type, rollover, purchased, version FROM balances
+    WHERE user_id = ANY(CAST(:users AS text[])) AND usage_type = ANY(CAST(:types AS text[]))
     """
 )
 
@@ -77,37 +91,54 @@ def subscription_state(row: Any) -> SubscriptionState | None:
 
 
 def _state_params(pairs: Sequence[Pair], now: datetime) -> dict[str, Any]:
-    return {"users": [u for u, _ in pairs], "types": [t for _, t in pairs], "now": now}
-
-
-def _states(rows: list[Any]) -> dict[Pair, UserState]:
-    grouped: dict[Pair, list[Any]] = {}
-    for row in rows:
-        grouped.setdefault((row.user_id, row.usage_type), []).append(row)
     return {
-        pair: UserState(
-            subscription=subscription_state(rows[0]),
-            rollover=rows[0].rollover or 0,
-            purchased=rows[0].purchased or 0,
-            version=rows[0].version or 0,
-            periods={
-                r.period_start: (
-                    PeriodRow(r.period_id, r.period_start, r.period_end, r.period_plan),
-                    r.used or 0,
-                )
-                for r in rows
-                if r.period_id is not None
-            },
-        )
-        for pair, rows in grouped.items()
+        "users": list(dict.fromkeys(u for u, _ in pairs)),
+        "types": list(dict.fromkeys(t for _, t in pairs)),
+        "now": now,
     }
 
 
+def _states(
+    pairs: Sequence[Pair], subscriptions: list[Any], periods: list[Any], pools: list[Any]
+) -> dict[Pair, UserState]:
+    """Each pair's state from the rows of _SUBSCRIPTIONS, _PERIODS and pools (rows with user_id,
+    usage_type, rollover, purchased, version); the reads may return more than the pairs asked."""
+    subscription = {row.user_id: subscription_state(row) for row in subscriptions}
+    by_user: dict[str, dict[datetime, PeriodRow]] = {}
+    used: dict[tuple[UUID, str], int] = {}
+    for row in periods:
+        by_user.setdefault(row.user_id, {})[row.period_start] = PeriodRow(
+            row.period_id, row.period_start, row.period_end, row.plan_id
+        )
+        if row.usage_type is not None:
+            used[(row.period_id, row.usage_type)] = row.used
+    pool = {(row.user_id, row.usage_type): row for row in pools}
+    states = {}
+    for user_id, usage_type in pairs:
+        p = pool.get((user_id, usage_type))
+        states[(user_id, usage_type)] = UserState(
+            subscription=subscription.get(user_id),
+            rollover=p.rollover if p else 0,
+            purchased=p.purchased if p else 0,
+            version=p.version if p else 0,
+            periods={
+                start: (period, used.get((period.period_id, usage_type), 0))
+                for start, period in by_user.get(user_id, {}).items()
+            },
+        )
+    return states
+
+
 def load_state(conn: Connection, user_id: str, usage_type: str, now: datetime) -> UserState:
-    """What a check needs, in one statement (not locked: a read)."""
-    return _states(fetch_one(conn, _STATE, _state_params([(user_id, usage_type)], now)))[
-        (user_id, usage_type)
-    ]
+    """What a check needs, unlocked, in one round trip and one snapshot (a read-only REPEATABLE
+    READ transaction around the reads, sent with them): the pools, their version and the period
+    counter agree, which reservation settlement relies on. On an autocommit connection only."""
+    pair = (user_id, usage_type)
+    params = _state_params([pair], now)
+    subscriptions, periods, pools = fetch_snapshot(
+        conn, (_SUBSCRIPTIONS, params), (_PERIODS, params), (_BALANCES, params)
+    )
+    return _states([pair], subscriptions, periods, pools)[pair]
 
 
 _ENSURE_PERIOD = Statement(
@@ -156,6 +187,7 @@ _LOCK = Statement(
     FROM unnest(CAST(:users AS text[]), CAST(:types AS text[])) AS k (user_id, usage_type)
     ORDER BY k.user_id, k.usage_type
     ON CONFLICT (user_id, usage_type) DO UPDATE SET updated_at = now(), version = balances.version + 1
+    RETURNING user_id, usage_type, rollover, purchased, version
     """
 )
 
@@ -203,14 +235,19 @@ def lock_pools(conn: Connection, user_id: str, usage_type: str, period_id: UUID)
 def lock_and_load(
     conn: Connection, pairs: Sequence[Pair], now: datetime, event_ids: Sequence[str]
 ) -> tuple[dict[Pair, UserState], list[Any]]:
-    """Lock every pair (`lock_pools`), then read their states and the stored usage rows of
-    `event_ids`: one round trip (with the transaction's BEGIN). Both reads start after the lock is
-    held, so they see everything committed by whoever held it before."""
-    _lock(conn, pairs)
-    state_rows, event_rows = fetch(
-        conn, (_STATE, _state_params(pairs, now)), (_EVENTS, {"ids": list(event_ids)})
+    """Lock every pair (`lock_pools`; the lock returns the newest pools), then read the rest of
+    their states and the stored usage rows of `event_ids`: one round trip (with the transaction's
+    BEGIN). The reads start after the lock is held, so they see everything committed by whoever
+    held it before (a period's counter changes only under the lock)."""
+    params = _state_params(pairs, now)
+    pools, subscriptions, periods, event_rows = fetch(
+        conn,
+        (_LOCK, {"users": [u for u, _ in pairs], "types": [t for _, t in pairs]}),
+        (_SUBSCRIPTIONS, params),
+        (_PERIODS, params),
+        (_EVENTS, {"ids": list(event_ids)}),
     )
-    return _states(state_rows), event_rows
+    return _states(pairs, subscriptions, periods, pools), event_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +389,10 @@ def lock_current(
 def current_period(
     conn: Connection, user_id: str, usage_type: str, now: datetime, free_plan_id: str
 ) -> PeriodRow:
-    """The period containing `now`, created if missing."""
-    state = load_state(conn, user_id, usage_type, now)
+    """The period containing `now`, created if missing (inside a transaction)."""
+    pair = (user_id, usage_type)
+    params = _state_params([pair], now)
+    subscriptions, periods = fetch(conn, (_SUBSCRIPTIONS, params), (_PERIODS, params))
+    state = _states([pair], subscriptions, periods, [])[pair]
     spec = resolve_period(state.subscription, now, free_plan_id)
     return state.period(spec)[0] or ensure_period(conn, user_id, spec)

@@ -28,6 +28,7 @@ array syntax always allows), anything else still by pg8000.
 
 from __future__ import annotations
 
+import contextlib
 import types
 from datetime import datetime
 from functools import lru_cache
@@ -71,6 +72,8 @@ def _array_literal(values: list[Any]) -> str:
 
 
 _BEGIN = ("BEGIN", ())
+_BEGIN_SNAPSHOT = ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", ())
+_IN_TRANSACTION = (core.IN_TRANSACTION, core.IN_FAILED_TRANSACTION)
 _PARSE_UNNAMED = core.NULL_BYTE
 _BIND_HEAD = core.NULL_BYTE + core.NULL_BYTE + core.H_pack(0)  # unnamed portal and statement, text params
 _TEXT_RESULTS = core.H_pack(0)
@@ -183,6 +186,20 @@ class PipelinedConnection(legacy.Connection):
             if context.error is not None:
                 raise context.error
         return contexts[len(items) - len(statements) :]
+
+    def snapshot(self, statements: list[tuple[str, Any]]) -> list[core.Context]:
+        """`statements` in one read-only REPEATABLE READ transaction, BEGIN and COMMIT included in
+        the same round trip. After an error the transaction is left open (the server skipped its
+        COMMIT), so it is rolled back before the error is raised."""
+        if self._queued or self._transaction_status in _IN_TRANSACTION:
+            raise RuntimeError("a snapshot read cannot run inside another transaction")
+        try:
+            return self.exchange([_BEGIN_SNAPSHOT, *statements, ("COMMIT", ())])[1:-1]
+        except Exception:
+            if self._transaction_status in _IN_TRANSACTION:
+                with contextlib.suppress(Exception):  # the connection is gone: the error says more
+                    super().execute_simple("ROLLBACK")
+            raise
 
     def _read_answers(self, contexts: list[core.Context]) -> None:
         sock, handlers, last = self._sock, self.message_types, len(contexts) - 1

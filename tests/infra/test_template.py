@@ -248,6 +248,15 @@ def test_alembic_ships_only_with_the_maintenance_function(built: Path) -> None:
             assert not (built / fn / package).exists(), f"{package} is in {fn}"
 
 
+def test_dev_tools_stay_out_of_the_layer(built: Path) -> None:
+    """No function needs the dev server, `metering invoke` or the OpenAPI builder (they read
+    template.yaml); the handlers import from the build without them (test below)."""
+    package = _artifact(built, LAYER) / "metering"
+    assert (package / "db" / "store.py").is_file()
+    assert not (package / "devtools").exists()
+    assert not (package / "api" / "openapi.py").exists()
+
+
 _LAMBDA_MARKERS = {
     "python_version": "3.12",
     "python_full_version": "3.12.0",

@@ -349,11 +349,24 @@ def detail_table(results: dict[str, Any]) -> str:
                 x["machine_cpu_busy"] for x in entry["reference"] if x.get("machine_cpu_busy") is not None
             ]
             s = entry["summary"]["ours_events_per_s"]
+            server = _median([o.get("server_cpu_ms_per_event") for o in ours])
+            ref_server = _median([x.get("server_cpu_ms_per_tx") for x in entry["reference"]])
             lines.append(
                 f"  {n_key} {name:<26} {s['median']:7.0f} ev/s (runs {s['min']:.0f}-{s['max']:.0f})  "
-                f"client CPU {cpu:5.2f} ms/event  machine busy {_pct(busy)} (pgbench run {_pct(ref_busy)})"
+                f"client CPU {cpu:5.2f} ms/event  "
+                f"server CPU {_ms(server)}/event (pgbench {_ms(ref_server)}/tx)  "
+                f"machine busy {_pct(busy)} (pgbench run {_pct(ref_busy)})"
             )
     return "\n".join(lines)
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = sorted(v for v in values if v is not None)
+    return known[len(known) // 2] if known else None
+
+
+def _ms(value: float | None) -> str:
+    return "   ?   " if value is None else f"{value:4.2f} ms"
 
 
 def _pct(values: list[float]) -> str:

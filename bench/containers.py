@@ -154,9 +154,9 @@ class Pool:
             q.put(job)
         with contextlib.suppress(threading.BrokenBarrierError):
             self.barrier.wait(timeout=self.timeout)  # broken: a container failed; _collect raises it
-        before = report.cpu_sample()
+        before, server_before = report.cpu_sample(), report.server_cpu_sample()
         done = self._collect("done")
-        after = report.cpu_sample()
+        after, server_after = report.cpu_sample(), report.server_cpu_sample()
         count = sum(d["events"] for d in done)
         failed = sum(d["failed"] for d in done)
         if failed:
@@ -169,6 +169,7 @@ class Pool:
             "start_skew_ms": (max(starts) - min(starts)) * 1000,
             "client_cpu_ms_per_event": sum(d["cpu_s"] for d in done) * 1000 / count,
             "machine_cpu_busy": report.cpu_busy(before, after),
+            "server_cpu_ms_per_event": (server_after - server_before) * 1000 / count,
         }
 
     def close(self) -> None:

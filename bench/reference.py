@@ -32,6 +32,7 @@ BODY = (
 _TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.M)
 _LAT = re.compile(r"^latency average = ([0-9.]+) ms", re.M)
 _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.M)
+_PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
 
 
 def pgbench_path() -> str:
@@ -50,6 +51,8 @@ def parse(output: str) -> dict[str, float]:
     if not tps:
         raise RuntimeError(f"pgbench printed no tps:\n{output}")
     out = {"tps": float(tps.group(1))}
+    if processed := _PROCESSED.search(output):
+        out["transactions"] = float(processed.group(1))
     if lat := _LAT.search(output):
         out["latency_avg_ms"] = float(lat.group(1))
     if failed := _FAILED.search(output):
@@ -65,17 +68,41 @@ def run(servers: Servers, kind: str, clients: int, seconds: int) -> dict[str, fl
     try:
         args = [pgbench_path(), "-n", "-f", script, "-c", str(clients), "-j", str(min(2, clients))]
         args += ["-T", str(seconds), *conn_args]
-        before = report.cpu_sample()
+        before, server_before = report.cpu_sample(), report.server_cpu_sample()
         done = subprocess.run(
             args, capture_output=True, text=True, env={**os.environ, **env}, timeout=seconds + 60, check=False
         )
         after = report.cpu_sample()
+        _wait_for_backends_to_exit(servers)
+        server_after = report.server_cpu_sample()
     finally:
         os.unlink(script)
     if done.returncode != 0:
         raise RuntimeError(f"pgbench failed ({done.returncode}): {done.stderr or done.stdout}")
     busy = report.cpu_busy(before, after)
-    return {**parse(done.stdout), "clients": clients, "seconds": seconds, "machine_cpu_busy": busy}
+    out = {**parse(done.stdout), "clients": clients, "seconds": seconds, "machine_cpu_busy": busy}
+    if out.get("transactions"):
+        out["server_cpu_ms_per_tx"] = (server_after - server_before) * 1000 / out["transactions"]
+    return out
+
+
+def _wait_for_backends_to_exit(servers: Servers, tries: int = 10_000) -> None:
+    """pgbench's backends outlive it by a moment; their CPU counts only once they have exited and
+    been reaped (the postmaster's cutime). Waits for that condition, not for a time."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(servers.admin_url, isolation_level="AUTOCOMMIT", pool_size=1)
+    try:
+        with engine.connect() as conn:
+            for _ in range(tries):
+                left = conn.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'")
+                ).scalar()
+                if not left and not report.postgres_zombies():
+                    return
+    finally:
+        engine.dispose()
+    raise RuntimeError("pgbench's backends did not exit")
 
 
 def command_line(kind: str, clients: int, seconds: int) -> str:

@@ -133,6 +133,39 @@ def cpu_sample() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
+def server_cpu_sample() -> float:
+    """CPU seconds used so far by PostgreSQL on this machine, from /proc/<pid>/stat: every live
+    postgres process (backends, WAL writer, checkpointer...) plus what exited backends used (the
+    postmaster's cutime/cstime: pgbench's backends exit before the second sample). The server's
+    share of a run is the difference."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if name.startswith(("postgres", "postmaster")):
+            total += sum(int(rest[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime (ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_zombies() -> int:
+    """PostgreSQL processes that have exited but are not reaped yet (their CPU is in no count)."""
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            count += name.startswith("postgres") and stat[stat.rindex(")") + 2] == "Z"
+    return count
+
+
 def cpu_busy(before: tuple[float, float], after: tuple[float, float]) -> float | None:
     """Fraction of the machine's CPU time (all cores) that was busy between two samples."""
     total = after[1] - before[1]

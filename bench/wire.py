@@ -144,7 +144,10 @@ def statement_label(sql: str) -> str:
         ("INSERT INTO usage_events", "post_entries + usage rows + lifetime stats"),
         ("UPDATE balances", "post_entries"),
         ("INSERT INTO balances", "lock"),
-        ("FROM unnest(CAST($1 AS text[]), CAST($2 AS text[])) AS k", "state"),
+        ("BEGIN ISOLATION LEVEL REPEATABLE READ", "BEGIN (snapshot)"),
+        ("FROM accounts a JOIN subscriptions", "subscriptions"),
+        ("FROM periods p", "periods"),
+        ("SELECT user_id, usage_type, rollover, purchased, version FROM balances", "balances"),
         ("FROM usage_events WHERE event_id = ANY", "stored ids"),
         ("INSERT INTO periods", "ensure_period"),
     )

@@ -46,7 +46,12 @@ def test_pgbench_output_is_parsed():
         "initial connection time = 5.123 ms\n"
         "tps = 2450.918127 (without initial connection time)\n"
     )
-    assert reference.parse(output) == {"tps": 2450.918127, "latency_avg_ms": 1.632, "failed": 0.0}
+    assert reference.parse(output) == {
+        "tps": 2450.918127,
+        "transactions": 9812.0,
+        "latency_avg_ms": 1.632,
+        "failed": 0.0,
+    }
     with pytest.raises(RuntimeError):
         reference.parse("connection refused")
     assert "BEGIN;" in reference.script_text("hot") and "\\set u 1" in reference.script_text("hot")

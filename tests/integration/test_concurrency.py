@@ -130,3 +130,85 @@ def _record_one(env, results):
     from tests.support import api
 
     results.put(api.record("a-1", "a", "premium_voice", 5)[0])
+
+
+def test_a_batch_records_the_free_users_while_another_transaction_holds_one():
+    """A batch of several users takes the pairs nobody holds first (one transaction, committed at
+    once) and waits only for the held one, in a second transaction: concurrent batches sharing a
+    user do not queue behind each other's whole transaction."""
+    from tests.support import api
+
+    for user in ("a", "b", "c"):
+        api.record(f"warm-{user}", user, "premium_voice", 1)
+    engine = create_engine(os.environ["DATABASE_URL"])
+    with engine.connect() as holder:
+        holder.execute(text("SELECT * FROM balances WHERE user_id = 'b' FOR UPDATE"))  # stays open
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        results = ctx.Queue()
+        proc = ctx.Process(target=_record_batch, args=(dict(os.environ), results))
+        proc.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            committed = {r[0] for r in query("SELECT event_id FROM usage_events WHERE event_id LIKE 'x-%'")}
+            if committed == {"x-a1", "x-a2", "x-c1"} and _waiting_on_a_lock():
+                break
+            assert proc.is_alive(), f"finished while b was locked: {results.get(timeout=5)}"
+        assert committed == {"x-a1", "x-a2", "x-c1"}, (
+            f"the free users' events were not committed: {committed}"
+        )
+        assert _waiting_on_a_lock(), "the event of user b should be waiting on b's row lock"
+        holder.rollback()
+    assert results.get(timeout=60) == [
+        ("x-a1", "recorded"),
+        ("x-b1", "recorded"),
+        ("x-c1", "recorded"),
+        ("x-a2", "recorded"),
+    ]
+    proc.join(timeout=30)
+    engine.dispose()
+    assert_reconciled()
+
+
+def _record_batch(env, results, events=None):
+    os.environ.update(env)
+    from tests.support import api
+
+    events = events or [
+        {"event_id": f"x-{name}", "user_id": name[0], "usage_type": "premium_voice", "amount": 5}
+        for name in ("a1", "b1", "c1", "a2")
+    ]
+    status, body = api.batch(events)
+    results.put([(r["event_id"], r["status"]) for r in body["results"]] if status == 200 else status)
+
+
+def test_an_event_id_under_two_users_keeps_input_order_even_when_one_is_held():
+    """Input order decides which of two events sharing an id is the original, so such a batch is
+    applied in one transaction that waits, never free users first."""
+    from tests.support import api
+
+    for user in ("a", "b"):
+        api.record(f"warm-{user}", user, "premium_voice", 1)
+    engine = create_engine(os.environ["DATABASE_URL"])
+    with engine.connect() as holder:
+        holder.execute(text("SELECT * FROM balances WHERE user_id = 'b' FOR UPDATE"))
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        results = ctx.Queue()
+        events = [
+            {"event_id": "shared", "user_id": "b", "usage_type": "premium_voice", "amount": 5},
+            {"event_id": "shared", "user_id": "a", "usage_type": "premium_voice", "amount": 5},
+        ]
+        proc = ctx.Process(target=_record_batch, args=(dict(os.environ), results, events))
+        proc.start()
+        deadline = time.monotonic() + 60
+        while not _waiting_on_a_lock() and time.monotonic() < deadline:
+            assert proc.is_alive(), f"finished while b was locked: {results.get(timeout=5)}"
+        assert query("SELECT count(*) FROM usage_events WHERE event_id = 'shared'") == [(0,)]
+        holder.rollback()
+    assert results.get(timeout=60) == [("shared", "recorded"), ("shared", "rejected")]
+    assert query("SELECT user_id FROM usage_events WHERE event_id = 'shared'") == [("b",)]
+    proc.join(timeout=30)
+    engine.dispose()

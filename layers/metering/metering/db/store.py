@@ -191,6 +191,22 @@ _LOCK = Statement(
     """
 )
 
+# `_LOCK` for the pairs no other transaction holds right now, skipping the others (and pairs that
+# have no row yet): a set of many pairs takes what is free instead of queueing behind every
+# transaction that holds one of its pairs.
+_LOCK_FREE = Statement(
+    """
+    UPDATE balances b SET updated_at = now(), version = b.version + 1
+    FROM (SELECT x.user_id, x.usage_type FROM balances x
+          JOIN unnest(CAST(:users AS text[]), CAST(:types AS text[])) AS k (user_id, usage_type)
+            ON x.user_id = k.user_id AND x.usage_type = k.usage_type
+          ORDER BY x.user_id, x.usage_type
+          FOR UPDATE OF x SKIP LOCKED) AS free
+    WHERE b.user_id = free.user_id AND b.usage_type = free.usage_type
+    RETURNING b.user_id, b.usage_type, b.rollover, b.purchased, b.version
+    """
+)
+
 _POOLS = Statement(
     """
     SELECT b.rollover, b.purchased, b.version, coalesce(u.used, 0) AS used
@@ -233,21 +249,33 @@ def lock_pools(conn: Connection, user_id: str, usage_type: str, period_id: UUID)
 
 
 def lock_and_load(
-    conn: Connection, pairs: Sequence[Pair], now: datetime, event_ids: Sequence[str]
+    conn: Connection,
+    pairs: Sequence[Pair],
+    now: datetime,
+    event_ids: Sequence[str],
+    *,
+    only_free: bool = False,
 ) -> tuple[dict[Pair, UserState], list[Any]]:
     """Lock every pair (`lock_pools`; the lock returns the newest pools), then read the rest of
     their states and the stored usage rows of `event_ids`: one round trip (with the transaction's
     BEGIN). The reads start after the lock is held, so they see everything committed by whoever
-    held it before (a period's counter changes only under the lock)."""
+    held it before (a period's counter changes only under the lock).
+
+    With `only_free`, only the pairs that exist and that no other transaction holds are locked
+    (`_LOCK_FREE`), without waiting; the states returned are those of the locked pairs."""
     params = _state_params(pairs, now)
     pools, subscriptions, periods, event_rows = fetch(
         conn,
-        (_LOCK, {"users": [u for u, _ in pairs], "types": [t for _, t in pairs]}),
+        (
+            _LOCK_FREE if only_free else _LOCK,
+            {"users": [u for u, _ in pairs], "types": [t for _, t in pairs]},
+        ),
         (_SUBSCRIPTIONS, params),
         (_PERIODS, params),
         (_EVENTS, {"ids": list(event_ids)}),
     )
-    return _states(pairs, subscriptions, periods, pools), event_rows
+    locked = [(row.user_id, row.usage_type) for row in pools] if only_free else pairs
+    return _states(locked, subscriptions, periods, pools), event_rows
 
 
 @dataclass(frozen=True, slots=True)

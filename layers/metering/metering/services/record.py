@@ -191,11 +191,16 @@ class _Pair:
     version: int
 
 
-def _apply(conn: Connection, events: list[UsageRequest], now: datetime) -> list[Outcome]:
+def _apply(
+    conn: Connection, events: list[UsageRequest], now: datetime, *, only_free: bool
+) -> list[Outcome | None]:
     """Events in input order inside an open transaction, as one set: lock every (user, usage
     type) and read their state (one round trip), run the waterfall for each event in order in
     Python, then queue ONE statement writing every new event, sent with COMMIT. An event's own
-    rejection changes nothing; a database error fails the whole transaction."""
+    rejection changes nothing; a database error fails the whole transaction.
+
+    With `only_free`, only the pairs no other transaction holds are locked and applied; the
+    outcomes of the other pairs' events stay None, for a transaction that waits for them."""
     outcomes: list[Outcome | None] = [None] * len(events)
     meters: dict[str, Meter] = {}
     wanted: dict[Pair, Meter] = {}
@@ -210,10 +215,11 @@ def _apply(conn: Connection, events: list[UsageRequest], now: datetime) -> list[
         wanted.setdefault((event.user_id, event.usage_type), m)
         derived[i] = _derive(event, m, groups)
     if not wanted:
-        return [o for o in outcomes if o is not None]
+        return outcomes
 
-    states, rows = lock_and_load(conn, list(wanted), now, list(dict.fromkeys(e.event_id for e in events)))
-    pairs = _open_pairs(conn, wanted, states, now)
+    ids = list(dict.fromkeys(e.event_id for e in events))
+    states, rows = lock_and_load(conn, list(wanted), now, ids, only_free=only_free)
+    pairs = _open_pairs(conn, {pair: wanted[pair] for pair in states}, states, now)
     known = {
         r.event_id: _Stored(
             r.user_id,
@@ -225,11 +231,12 @@ def _apply(conn: Connection, events: list[UsageRequest], now: datetime) -> list[
     }
     new: list[_New] = []
     for i, event in enumerate(events):
-        if outcomes[i] is None:
-            outcomes[i] = _apply_one(event, pairs[(event.user_id, event.usage_type)], known, new, derived[i])
+        pair = pairs.get((event.user_id, event.usage_type))
+        if outcomes[i] is None and pair is not None:
+            outcomes[i] = _apply_one(event, pair, known, new, derived[i])
     if new:
         _write(conn, new, now)
-    return [o for o in outcomes if o is not None]
+    return outcomes
 
 
 def _open_pairs(
@@ -404,15 +411,44 @@ def record_many(events: list[UsageRequest], now: datetime | None = None) -> list
     return outcomes
 
 
-def _record_set(events: list[UsageRequest], now: datetime) -> list[Outcome]:
+def _record_set(events: list[UsageRequest], now: datetime, *, take_free_first: bool = True) -> list[Outcome]:
+    """The set in one transaction; a set of several pairs takes the free pairs first and leaves
+    the pairs other transactions hold to a second transaction, which waits for them (so
+    concurrent batches sharing some users do not queue behind each other's whole transaction)."""
+    only_free = take_free_first and _free_first_is_safe(events)
     try:
-        return run_in_transaction(lambda conn: _apply(conn, events, now))
+        outcomes = run_in_transaction(lambda conn: _apply(conn, events, now, only_free=only_free))
     except MeteringError as error:  # the database is unavailable: every event may be retried
         return [Outcome(e.event_id, "rejected", error=error) for e in events]
     except exc.DBAPIError as error:
         if len(events) == 1:
             return [_failed(events[0], error)]
-    # split: each user's events on their own, or (for one user) each event on its own
+        return _record_in_parts(events, now)
+    left = [i for i, outcome in enumerate(outcomes) if outcome is None]
+    if left:
+        for i, outcome in zip(
+            left, _record_set([events[i] for i in left], now, take_free_first=False), strict=True
+        ):
+            outcomes[i] = outcome
+    return [o for o in outcomes if o is not None]
+
+
+def _free_first_is_safe(events: list[UsageRequest]) -> bool:
+    """Several pairs, and no event id under two pairs: input order decides which of those is the
+    original, so they must be applied in one transaction, in order."""
+    pair_of: dict[str, tuple[str, str]] = {}
+    pairs = set()
+    for e in events:
+        pair = (e.user_id, e.usage_type)
+        pairs.add(pair)
+        if pair_of.setdefault(e.event_id, pair) != pair:
+            return False
+    return len(pairs) > 1
+
+
+def _record_in_parts(events: list[UsageRequest], now: datetime) -> list[Outcome]:
+    """After a database error: each user's events on their own, or (for one user) each event on
+    its own, so that only the event that caused it fails."""
     by_user: dict[str, list[int]] = defaultdict(list)
     for index, event in enumerate(events):
         by_user[event.user_id].append(index)

@@ -142,6 +142,7 @@ def statement_label(sql: str) -> str:
     words = " ".join(sql.split())
     known = (
         ("INSERT INTO usage_events", "post_entries + usage rows + lifetime stats"),
+        ("SKIP LOCKED", "lock (free pairs)"),
         ("UPDATE balances", "post_entries"),
         ("INSERT INTO balances", "lock"),
         ("BEGIN ISOLATION LEVEL REPEATABLE READ", "BEGIN (snapshot)"),

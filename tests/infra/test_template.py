@@ -538,7 +538,8 @@ def test_functions_use_python312_and_the_layer(template: dict[str, Any]) -> None
 
 
 def test_functions_are_built_by_one_makefile(template: dict[str, Any]) -> None:
-    """Every function: BuildMethod makefile, and the same Makefile in each CodeUri folder."""
+    """Every function: BuildMethod makefile, and the same Makefile in each CodeUri folder (two
+    lines including functions/build.mk, the one build of every function)."""
     makefiles = {}
     for fn, res in template["Resources"].items():
         if res["Type"] != "AWS::Serverless::Function":
@@ -548,6 +549,7 @@ def test_functions_are_built_by_one_makefile(template: dict[str, Any]) -> None:
         assert makefile.is_file(), f"{fn}: {makefile.relative_to(REPO)} missing"
         makefiles[makefile.relative_to(REPO)] = makefile.read_text()
     assert len(set(makefiles.values())) == 1, f"the function Makefiles differ: {sorted(map(str, makefiles))}"
+    assert "include $(dir $(lastword $(MAKEFILE_LIST)))../build.mk" in next(iter(makefiles.values()))
 
 
 @pytest.mark.parametrize("fn", [*FUNCTIONS, "MaintenanceFunction"])

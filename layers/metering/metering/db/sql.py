@@ -61,26 +61,26 @@ def _rows(context: Any) -> list[Any]:
 
 def fetch(conn: Connection, *statements: tuple[Statement, Mapping[str, Any]]) -> list[list[Any]]:
     """Run `statements` (after anything queued) in one round trip; the rows of each."""
-    bound = [statement.bind(params) for statement, params in statements]
-    try:
-        contexts = _driver(conn).exchange(bound)
-    except OSError:
-        raise
-    except Exception as error:
-        raise translated(error, bound[-1][0] if bound else "(queued statements)") from error
-    return [_rows(context) for context in contexts]
+    return _answers(conn, statements, snapshot=False)
 
 
 def fetch_snapshot(conn: Connection, *statements: tuple[Statement, Mapping[str, Any]]) -> list[list[Any]]:
     """`fetch` in one read-only REPEATABLE READ transaction (one snapshot for all statements);
     BEGIN and COMMIT travel with them: still one round trip. Not inside another transaction."""
+    return _answers(conn, statements, snapshot=True)
+
+
+def _answers(
+    conn: Connection, statements: tuple[tuple[Statement, Mapping[str, Any]], ...], *, snapshot: bool
+) -> list[list[Any]]:
     bound = [statement.bind(params) for statement, params in statements]
+    driver = _driver(conn)
     try:
-        contexts = _driver(conn).snapshot(bound)
+        contexts = driver.snapshot(bound) if snapshot else driver.exchange(bound)
     except OSError:
         raise
     except Exception as error:
-        raise translated(error, bound[-1][0] if bound else "(snapshot)") from error
+        raise translated(error, bound[-1][0] if bound else "(queued statements)") from error
     return [_rows(context) for context in contexts]
 
 

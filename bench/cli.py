@@ -33,6 +33,7 @@ CONFIG = {
         "http_batches": 4,  # of 500 events
         "sqs10_batches": 100,
         "sqs100_batches": 10,
+        "sqs500_batches": 4,
         "pgbench_seconds": 5,
         "coldstart_runs": 5,
         "coldstart_runs_without_pyc": 3,
@@ -50,6 +51,7 @@ CONFIG = {
         "http_batches": 4,
         "sqs10_batches": 40,
         "sqs100_batches": 4,
+        "sqs500_batches": 4,
         "pgbench_seconds": 3,
         "coldstart_runs": 3,
         "coldstart_runs_without_pyc": 1,
@@ -223,7 +225,7 @@ def _workloads(cfg: dict[str, Any], n: int, procs: list[int], sections: set[str]
                 {"batch": 500, "batch_users": BATCH_USERS},
             )
         )
-        for size in (10, 100):
+        for size in (10, 100, 500):
             out.append((f"SQS batch of {size}", "many", ("sqs", cfg[f"sqs{size}_batches"]), {"batch": size}))
     return out
 

@@ -3,6 +3,7 @@ statements per round trip, BEGIN and queued writes sent lazily, an error stoppin
 it, and the decoding shortcuts giving exactly what pg8000 gives."""
 
 from datetime import UTC, datetime
+from uuid import UUID
 
 import pytest
 from pg8000 import converters, core
@@ -173,3 +174,25 @@ def test_a_failed_snapshot_read_leaves_the_connection_idle(scratch):
             fetch_snapshot(conn, (ROWS, {}), (Statement("SELECT CAST(:v AS int)"), {"v": "x"}))
         assert fetch_one(conn, ROWS, {}) == []  # autocommit again: not stuck in a failed transaction
         assert conn.connection.driver_connection._transaction_status == core.IDLE
+
+
+@pytest.mark.parametrize(
+    ("values", "cast"),
+    [
+        (
+            ["plain", 'a "quote"', "back\\slash", "", "ünïcødé", "a,b", "{braces}", "NULL", " spaced "],
+            "text[]",
+        ),
+        (["only", None, 'q"'], "text[]"),
+        ([None, None], "text[]"),
+        ([], "text[]"),
+        ([0, -1, 2**63 - 1], "bigint[]"),
+        ([1, None], "bigint[]"),
+        ([UUID("12345678-1234-5678-1234-567812345678")], "uuid[]"),
+    ],
+)
+def test_array_parameters_arrive_exactly(clean, values, cast):
+    """The record sends its rows as array parameters; every element must arrive as it was."""
+    with get_engine().connect() as conn:
+        (row,) = fetch_one(conn, Statement(f"SELECT CAST(:v AS {cast}) AS v"), {"v": values})
+    assert row.v == values

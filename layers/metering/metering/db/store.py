@@ -3,8 +3,10 @@
 Every balance or period-counter change goes through `post_entries` (`post_entry` for one change),
 which writes the journal rows in the same statement as the change, so the journal invariant
 cannot be bypassed by a caller.
-Serialization point: the `balances` row of (user, usage type), locked by `lock_pools` before any
-read that a change depends on. Records of different users never touch the same rows.
+Serialization point: the `balances` row of (user, usage type), locked by `lock_pools` (one pair)
+or `lock_and_load` (a set of pairs, in one order) before any read that a change depends on.
+Records of different users never touch the same rows. Statements run on the pipelined driver
+(`metering.db.sql`): writes are queued and travel with the next round trip or COMMIT.
 """
 
 from __future__ import annotations

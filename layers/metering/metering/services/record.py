@@ -399,8 +399,9 @@ def record(event: UsageRequest, now: datetime | None = None) -> Outcome:
 def record_many(events: list[UsageRequest], now: datetime | None = None) -> list[Outcome]:
     """Record events, each applied or rejected on its own; results in input order.
 
-    All events share one transaction (one commit for many rows, two round trips for any number of
-    events), applied as a set. That is safe because an event's own rejection changes nothing. A
+    All events are applied as one set: one transaction (one commit for many rows, two round trips
+    for any number of events), or two when other transactions hold some of its pairs (free pairs
+    first, `_record_set`). That is safe because an event's own rejection changes nothing. A
     database error falls back to one transaction per user, then per event, so only the event that
     caused it fails.
     """

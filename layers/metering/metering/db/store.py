@@ -209,11 +209,10 @@ _LOCK_FREE = Statement(
     """
 )
 
-_POOLS = Statement(
+# One period's counter of one usage type (0 until the first change creates the row).
+_USED = Statement(
     """
-    SELECT b.rollover, b.purchased, b.version, coalesce(u.used, 0) AS used
-    FROM balances b LEFT JOIN period_usage u ON u.period_id = :p AND u.usage_type = :t
-    WHERE b.user_id = :u AND b.usage_type = :t
+    SELECT coalesce((SELECT used FROM period_usage WHERE period_id = :p AND usage_type = :t), 0) AS used
     """
 )
 
@@ -237,17 +236,18 @@ class Pools:
         return {"used": self.used, "rollover": self.rollover, "purchased": self.purchased}
 
 
-def _lock(conn: Connection, pairs: Sequence[Pair]) -> None:
-    queue(conn, _LOCK, {"users": [u for u, _ in pairs], "types": [t for _, t in pairs]})
+def _keys(pairs: Sequence[Pair]) -> dict[str, list[str]]:
+    return {"users": [u for u, _ in pairs], "types": [t for _, t in pairs]}
 
 
 def lock_pools(conn: Connection, user_id: str, usage_type: str, period_id: UUID) -> Pools:
-    """Lock (user, usage type) for the rest of the transaction and read its latest pools and the
-    counter of `period_id`. The read is a statement of its own after the lock, so its snapshot
+    """Lock (user, usage type) for the rest of the transaction: the lock returns the newest pools,
+    and the counter of `period_id` is read by a statement of its own after it, so its snapshot
     includes whatever the previous holder committed: no stale read after a wait."""
-    _lock(conn, [(user_id, usage_type)])
-    row = fetch_one(conn, _POOLS, {"u": user_id, "t": usage_type, "p": period_id})[0]
-    return Pools(used=row.used, rollover=row.rollover, purchased=row.purchased, version=row.version)
+    (pools,), (counter,) = fetch(
+        conn, (_LOCK, _keys([(user_id, usage_type)])), (_USED, {"p": period_id, "t": usage_type})
+    )
+    return Pools(used=counter.used, rollover=pools.rollover, purchased=pools.purchased, version=pools.version)
 
 
 def lock_and_load(

@@ -8,6 +8,7 @@ import pytest
 from moto import mock_aws
 
 from metering.devtools.context import make_context
+from metering.devtools.events import sqs_event
 from tests.support import api
 from tests.support.lambda_events import handler
 from tests.support.state import assert_reconciled, execute, query, subscribe, use_test_catalog
@@ -141,25 +142,6 @@ def test_batch_of_500_across_users():
     assert_reconciled()
 
 
-def sqs_event(bodies):
-    return {
-        "Records": [
-            {
-                "messageId": f"m{i}",
-                "receiptHandle": f"rh{i}",
-                "body": body,
-                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1795478400000"},
-                "messageAttributes": {},
-                "md5OfBody": "",
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:usage",
-                "awsRegion": "us-east-1",
-            }
-            for i, body in enumerate(bodies)
-        ]
-    }
-
-
 @pytest.fixture
 def dlq(monkeypatch):
     with mock_aws():
@@ -222,12 +204,15 @@ def test_queue_reports_only_retryable_failures_when_the_database_is_down(dlq, mo
         "[]",
         json.dumps(ev("q2", usage_type="server_kokoro")),
     ]
-    result = handler("record", "queue_handler")(sqs_event(bodies), make_context("RecordQueueFunction"))
-    assert result == {"batchItemFailures": [{"itemIdentifier": "m0"}, {"itemIdentifier": "m2"}]}
+    event = sqs_event(bodies)
+    ids = [message["messageId"] for message in event["Records"]]
+    result = handler("record", "queue_handler")(event, make_context("RecordQueueFunction"))
+    assert result == {"batchItemFailures": [{"itemIdentifier": ids[0]}, {"itemIdentifier": ids[2]}]}
     assert [code for _, code, _ in dead_letters(sqs, url)] == ["validation_error"]
 
 
 def test_queue_without_a_dlq_leaves_bad_messages_to_the_redrive_policy(monkeypatch):
     monkeypatch.delenv("USAGE_DLQ_URL", raising=False)
-    result = handler("record", "queue_handler")(sqs_event(["{bad"]), make_context("RecordQueueFunction"))
-    assert result == {"batchItemFailures": [{"itemIdentifier": "m0"}]}
+    event = sqs_event(["{bad"])
+    result = handler("record", "queue_handler")(event, make_context("RecordQueueFunction"))
+    assert result == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}

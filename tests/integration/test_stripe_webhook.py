@@ -31,33 +31,21 @@ def snapshot_event(created=None, event_type="customer.subscription.updated", **f
     return se.event(event_type, sub, created or se.ts(P2[0]) + 60)
 
 
-def stored() -> dict[str, int]:
-    tables = (
-        "stripe_events",
-        "stripe_pending_events",
-        "subscriptions",
-        "accounts",
-        "periods",
-        "journal",
-        "renewals",
-        "topups",
-    )
-    return {t: query(f"SELECT count(*) FROM {t}")[0][0] for t in tables}
-
-
-NOTHING = dict.fromkeys(
-    (
-        "stripe_events",
-        "stripe_pending_events",
-        "subscriptions",
-        "accounts",
-        "periods",
-        "journal",
-        "renewals",
-        "topups",
-    ),
-    0,
+STORED = (
+    "stripe_events",
+    "stripe_pending_events",
+    "subscriptions",
+    "accounts",
+    "periods",
+    "journal",
+    "renewals",
+    "topups",
 )
+NOTHING = dict.fromkeys(STORED, 0)
+
+
+def stored() -> dict[str, int]:
+    return {t: query(f"SELECT count(*) FROM {t}")[0][0] for t in STORED}
 
 
 # --- verification ---------------------------------------------------------------------------------

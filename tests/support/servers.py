@@ -8,10 +8,24 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-TABLES = (
-    "renewal_rollovers, topups, renewals, stripe_pending_events, stripe_events, lifetime_stats, adjustments, "
-    "usage_events, journal, balances, period_usage, periods, subscriptions, accounts"
+# Every table the service writes, dependents first (the order TRUNCATE and counts can use).
+LEDGER_TABLES = (
+    "renewal_rollovers",
+    "topups",
+    "renewals",
+    "stripe_pending_events",
+    "stripe_events",
+    "lifetime_stats",
+    "adjustments",
+    "usage_events",
+    "journal",
+    "balances",
+    "period_usage",
+    "periods",
+    "subscriptions",
+    "accounts",
 )
+TABLES = ", ".join(LEDGER_TABLES)  # for TRUNCATE
 
 
 def _admin_url(state_dir: Path) -> str:

@@ -78,14 +78,15 @@ def http_event(
     return event
 
 
-def sqs_event(bodies: list[dict[str, Any]]) -> dict[str, Any]:
-    """An SQS event source delivery: one message per record request."""
+def sqs_event(bodies: list[dict[str, Any] | str]) -> dict[str, Any]:
+    """An SQS event source delivery: one message per record request (a dict, sent as JSON, or a
+    string, sent as it is: a message that need not be valid JSON)."""
     return {
         "Records": [
             {
                 "messageId": str(uuid.uuid4()),
                 "receiptHandle": "local",
-                "body": json.dumps(body),
+                "body": body if isinstance(body, str) else json.dumps(body),
                 "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1795478400000"},
                 "messageAttributes": {},
                 "md5OfBody": "",

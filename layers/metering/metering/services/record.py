@@ -154,13 +154,15 @@ def _derive(event: UsageRequest, m: Meter, groups: dict[Any, tuple[str, str]]) -
     spec = m.usage_type.breakdown
     group = group_of(spec, event.reference_id, event.details)
     # the types too: 1, 1.0 and True are equal as keys but not as JSON
-    values = (m.usage_type.id, *((type(v), v) for v in group.values()))
+    values: Any = (m.usage_type.id, *((type(v), v) for v in group.values()))
     try:
         known = groups.get(values)
     except TypeError:  # a list or object in a grouped field: not hashable, not remembered
-        known = (group_key(group), _dumps(group) or "{}")
+        values, known = None, None
     if known is None:
-        known = groups[values] = (group_key(group), _dumps(group) or "{}")
+        known = (group_key(group), _dumps(group) or "{}")
+        if values is not None:
+            groups[values] = known
     return _Derived(
         _dumps(event.details),
         known[0],
@@ -241,8 +243,8 @@ def _apply(
 
 def _open_pairs(
     conn: Connection,
-    wanted: dict[tuple[str, str], Meter],
-    states: dict[tuple[str, str], UserState],
+    wanted: dict[Pair, Meter],
+    states: dict[Pair, UserState],
     now: datetime,
 ) -> dict[Pair, _Pair]:
     """The running pools of each locked pair in the period containing `now` (created if missing:

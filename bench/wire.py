@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from metering.db.sql import ROUTINE_PREFIX
+
 
 @dataclass
 class Counter:
@@ -140,6 +142,13 @@ def measure(engine=None) -> Iterator[Delta]:  # type: ignore[no-untyped-def]
 def statement_label(sql: str) -> str:
     """A short name for a statement of the service (metering.db.store and services/record.py)."""
     words = " ".join(sql.split())
+    if ROUTINE_PREFIX in words:  # a call of a statement's routine (metering.db.routines): its text
+        from metering.db.routines import statements
+
+        name = words.split(ROUTINE_PREFIX, 1)[1].split("(", 1)[0]
+        routine = {s.routine: s for s in statements()}.get(ROUTINE_PREFIX + name)
+        if routine is not None:
+            return statement_label(routine.text) + " (routine)"
     known = (
         ("INSERT INTO usage_events", "post_entries + usage rows + lifetime stats"),
         ("SKIP LOCKED", "lock (free pairs)"),

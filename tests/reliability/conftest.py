@@ -50,8 +50,18 @@ class Private:
         """The pid of the backend blocked on a lock while running a statement containing
         `query_part` (polled until there is one, other than `exclude`)."""
 
+        # The service sends its statements as calls of their routines (metering.db.routines):
+        # pg_stat_activity shows the call, so look for the routines whose text holds query_part too.
+        from metering.db.routines import statements
+
+        parts = [query_part, *(s.routine for s in statements() if query_part in s.text)]
+
         def find() -> int | None:
-            rows = self.backends("wait_event_type = 'Lock' AND position(:q in query) > 0", q=query_part)
+            rows = self.backends(
+                "wait_event_type = 'Lock' AND EXISTS (SELECT FROM unnest(CAST(:q AS text[])) AS p (part)"
+                " WHERE position(p.part in query) > 0)",
+                q=parts,
+            )
             pids = [r.pid for r in rows if r.pid not in exclude]
             return pids[0] if pids else None
 

@@ -183,7 +183,7 @@ def test_an_adjustment_reason_is_bounded(service):
 
 # --- no SQL built from strings ----------------------------------------------------------------------------
 
-SQL_CALLS = {"text", "exec_driver_sql", "execute", "executemany"}
+SQL_CALLS = {"text", "exec_driver_sql", "execute", "executemany", "Statement"}
 # The only places where SQL text is assembled at run time, each reviewed (docs/security.md):
 ASSEMBLED_SQL = {
     # the breakdown statement is generated from the catalog's field names (operator configuration,
@@ -193,11 +193,13 @@ ASSEMBLED_SQL = {
     # CREATE DATABASE takes an identifier, which cannot be a bind parameter; dev tooling only,
     # called with the constant LOCAL_DB_NAME
     ("devtools/embedded.py", "local_database_url"): "identifier of a dev database, a constant",
-    # the journaled change plus the caller's further CTEs (`Alongside.ctes`: the record's usage
-    # rows and lifetime stats, a module constant of services/record.py), so that they are one
+    # the journaled change plus the caller's further CTEs (`store.Writes`, made at import time from
+    # a module constant: the record's usage rows and lifetime stats), so that they are one
     # statement; every value is a bind parameter
-    ("db/store.py", "_post_statement"): "journaled change + a module constant's CTEs (store.Alongside)",
-    ("db/store.py", "post_entries"): "executes the statement of _post_statement",
+    ("db/store.py", "__init__"): "journaled change + a module constant's CTEs (store.Writes)",
+    # the routines' DDL (metering.db.routines): the statements' own text (module constants), type
+    # names the server inferred for them, a hash of the text as the name, and a hash as comment
+    ("db/routines.py", "install"): "CREATE/DROP/COMMENT of the statements' routines",
 }
 
 

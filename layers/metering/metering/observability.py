@@ -71,6 +71,7 @@ class Metric:
     QUEUE_DEAD_LETTERED = "QueueMessagesDeadLettered"
     STRIPE_EVENT = "StripeEventApplied"
     STRIPE_STALE = "StripeEventStale"
+    ROUTINES_MISSING = "DatabaseRoutinesMissing"
 
 
 def count(name: str, value: int = 1) -> None:

@@ -159,13 +159,19 @@ def reset_engine() -> None:
 def run_read[T](work: Callable[[Connection], T], *, attempts: int = 2) -> T:
     """Run read-only `work` on an autocommit connection (one round trip per statement), once more
     on a fresh connection if the pooled one died unseen (e.g. the server restarted)."""
-    for attempt in range(1, attempts + 1):
+    _check_routines()
+    attempt = 0
+    while attempt < attempts:
+        attempt += 1
         try:
             with get_engine().connect() as conn:
                 return work(conn)
         except OSError as error:
             raise Unavailable("database did not answer in time, retry later") from error
         except exc.DBAPIError as error:
+            if _routine_missing(error):  # at most once per call: not counted as an attempt
+                attempt -= 1
+                continue
             if not (_is_disconnect(error) and attempt < attempts):
                 _raise_translated(error)
     raise AssertionError("unreachable")
@@ -206,7 +212,10 @@ def run_in_transaction[T](work: Callable[[Connection], T], *, attempts: int = 3)
     """Run `work` in one transaction, again from the start after a deadlock, a serialization
     failure, a lost connection or a `Retry` raised by the work. Every write of this service is
     idempotent, so a transaction whose COMMIT was lost in flight converges when it runs again."""
-    for attempt in range(1, attempts + 1):
+    _check_routines()
+    attempt = 0
+    while attempt < attempts:
+        attempt += 1
         try:
             with transaction() as conn:
                 return work(conn)
@@ -216,10 +225,35 @@ def run_in_transaction[T](work: Callable[[Connection], T], *, attempts: int = 3)
             if attempt == attempts:
                 raise Unavailable("too many concurrent changes, retry later") from error
         except exc.DBAPIError as error:
+            if _routine_missing(error):  # at most once per call: not counted as an attempt
+                attempt -= 1
+                continue
             retryable = _is_disconnect(error) or sqlstate(error) in RETRYABLE_SQLSTATES
             if not retryable or attempt == attempts:
                 _raise_translated(error)
     raise AssertionError("unreachable")
+
+
+def _check_routines() -> None:
+    from metering.db.sql import routines_in_use
+
+    routines_in_use()  # a container that found them missing tries them again after a while
+
+
+def _routine_missing(error: exc.DBAPIError) -> bool:
+    """A routine of the statements is missing (this code runs on a database its migration has not
+    reached yet): send the statements' text for a while (`metering.db.routines`), and run the work
+    again. True at most once per piece of work: after the switch no routine is called."""
+    from metering.db import routines, sql
+
+    if not (sql.routines_in_use() and routines.missing(error)):
+        return False
+    sql.use_routines(False)
+    from metering.observability import Metric, count, logger
+
+    logger.error("database routines missing: sending statements as text; run `metering migrate`")
+    count(Metric.ROUTINES_MISSING)
+    return True
 
 
 def _raise_translated(error: exc.DBAPIError) -> NoReturn:

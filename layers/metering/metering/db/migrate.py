@@ -1,4 +1,5 @@
-"""`metering migrate`: bring the database to the latest schema with Alembic (idempotent).
+"""`metering migrate`: bring the database to the latest schema with Alembic, then install the
+routines of this code version's statements (`metering.db.routines`); idempotent.
 
 Migrations ship inside the package, so a migration Lambda (functions/maintenance) can run them with
 nothing but the layer. Concurrent runs serialize on a transaction-scoped advisory lock (never a
@@ -36,9 +37,11 @@ def upgrade_to_head(url: str | None = None) -> str:
     from alembic import command
     from alembic.runtime.migration import MigrationContext
 
+    from metering.db import routines
     from metering.db.engine import database_url
+    from metering.db.wire import dbapi
 
-    engine = create_engine(url or database_url(get_settings()), poolclass=NullPool)
+    engine = create_engine(url or database_url(get_settings()), poolclass=NullPool, module=dbapi)
     cfg = _alembic_config()
     try:
         with engine.begin() as conn:
@@ -46,6 +49,7 @@ def upgrade_to_head(url: str | None = None) -> str:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
             revision = MigrationContext.configure(conn).get_current_revision()
+            routines.install(conn)  # the statements of this code version, on the schema just made
     finally:
         engine.dispose()
     return revision or ""

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -55,7 +54,8 @@ _SUBSCRIPTIONS = Statement(
            s.current_period_end, s.billing_cycle_anchor
     FROM accounts a JOIN subscriptions s ON s.subscription_id = a.current_subscription_id
     WHERE a.user_id = ANY(CAST(:users AS text[]))
-    """
+    """,
+    routine=True,
 )
 
 # The periods containing :now, each with its counters of the usage types asked for (a period
@@ -66,14 +66,16 @@ _PERIODS = Statement(
     FROM periods p
     LEFT JOIN period_usage u ON u.period_id = p.period_id AND u.usage_type = ANY(CAST(:types AS text[]))
     WHERE p.user_id = ANY(CAST(:users AS text[])) AND p.period_start <= :now AND p.period_end > :now
-    """
+    """,
+    routine=True,
 )
 
 _BALANCES = Statement(
     """
     SELECT user_id, usage_type, rollover, purchased, version FROM balances
     WHERE user_id = ANY(CAST(:users AS text[])) AND usage_type = ANY(CAST(:types AS text[]))
-    """
+    """,
+    routine=True,
 )
 
 type Pair = tuple[str, str]  # (user_id, usage_type)
@@ -155,7 +157,8 @@ _ENSURE_PERIOD = Statement(
     UNION ALL
     SELECT period_id, period_start, period_end, plan_id FROM periods
     WHERE user_id = :u AND period_start = :start
-    """
+    """,
+    routine=True,
 )
 
 
@@ -190,7 +193,8 @@ _LOCK = Statement(
     ORDER BY k.user_id, k.usage_type
     ON CONFLICT (user_id, usage_type) DO UPDATE SET updated_at = now(), version = balances.version + 1
     RETURNING user_id, usage_type, rollover, purchased, version
-    """
+    """,
+    routine=True,
 )
 
 # `_LOCK` for the pairs no other transaction holds right now, skipping the others (and pairs that
@@ -206,14 +210,16 @@ _LOCK_FREE = Statement(
           FOR UPDATE OF x SKIP LOCKED) AS free
     WHERE b.user_id = free.user_id AND b.usage_type = free.usage_type
     RETURNING b.user_id, b.usage_type, b.rollover, b.purchased, b.version
-    """
+    """,
+    routine=True,
 )
 
 # One period's counter of one usage type (0 until the first change creates the row).
 _USED = Statement(
     """
     SELECT coalesce((SELECT used FROM period_usage WHERE period_id = :p AND usage_type = :t), 0) AS used
-    """
+    """,
+    routine=True,
 )
 
 _EVENTS = Statement(
@@ -221,7 +227,8 @@ _EVENTS = Statement(
     SELECT event_id, user_id, usage_type, amount, from_subscription, from_rollover, from_purchased,
            overflow_to_debt
     FROM usage_events WHERE event_id = ANY(CAST(:ids AS text[]))
-    """
+    """,
+    routine=True,
 )
 
 
@@ -294,14 +301,15 @@ class Entry:
     purchased: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Alongside:
-    """Further writes made by the same statement as the journaled change: `ctes` is SQL text of
-    WITH items, each followed by a comma (`name AS (...),`), and `params` their parameters. They
-    come first in the statement, so they show in pg_stat_activity's truncated text."""
+class Writes:
+    """Further writes made by the same statement as the journaled change (`post_entries`): `ctes`
+    is SQL text of WITH items, each followed by a comma (`name AS (...),`). Made once, at import
+    time, like every statement: the migration installs the routine of each (`metering.db.routines`)."""
 
-    ctes: str
-    params: dict[str, Any]
+    __slots__ = ("statement",)
+
+    def __init__(self, ctes: str) -> None:
+        self.statement = Statement(_POST_SQL.format(ctes=ctes), routine=True)
 
 
 # Each pair's summed pool deltas go to its balances row (which the lock created), each (period,
@@ -333,17 +341,20 @@ _POST_SQL = """
 """
 
 
-@lru_cache(maxsize=16)
-def _post_statement(ctes: str) -> Statement:
-    return Statement(_POST_SQL.format(ctes=ctes))
+_JOURNALED_ONLY = Writes("")
 
 
 def post_entries(
-    conn: Connection, *, reason: str, entries: Sequence[Entry], alongside: Alongside | None = None
+    conn: Connection,
+    *,
+    reason: str,
+    entries: Sequence[Entry],
+    alongside: tuple[Writes, dict[str, Any]] = (_JOURNALED_ONLY, {}),
 ) -> None:
     """THE way to change balances and period counters: one statement applies the summed deltas of
     `entries` to each pair's balances and each period's counter, and writes one journal row per
-    entry and nonzero delta; `alongside` adds the caller's own writes to the statement.
+    entry and nonzero delta; `alongside` adds the caller's own writes to the statement, with
+    their parameters.
 
     The statement is queued: it runs with the transaction's next round trip, usually with COMMIT,
     so its errors are raised there. The caller holds the locks of every pair (`lock_pools`).
@@ -385,9 +396,9 @@ def post_entries(
         "j_refs": [j[5] for j in journal],
         "reason": reason,
     }
-    if alongside is not None:
-        params.update(alongside.params)
-    queue(conn, _post_statement(alongside.ctes if alongside else ""), params)
+    writes, writes_params = alongside
+    params.update(writes_params)
+    queue(conn, writes.statement, params)
 
 
 def post_entry(

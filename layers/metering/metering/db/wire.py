@@ -29,6 +29,7 @@ array syntax always allows), anything else still by pg8000.
 from __future__ import annotations
 
 import contextlib
+import struct
 import types
 from datetime import datetime
 from functools import lru_cache
@@ -216,6 +217,34 @@ class PipelinedConnection(legacy.Connection):
                 with contextlib.suppress(Exception):  # the connection is gone: the error says more
                     super().execute_simple("ROLLBACK")
             raise
+
+    def describe(self, statement: str) -> tuple[list[int], list[tuple[str, int, int]]]:
+        """What the server infers for `statement` ($n placeholders) without running it: the type
+        oid of each parameter, and (name, type oid, type modifier) of each result column."""
+        if self._queued:
+            raise RuntimeError("describe with statements queued")
+        buffer = bytearray()
+        _message(
+            buffer, core.PARSE, _PARSE_UNNAMED + statement.encode(self._client_encoding) + b"\x00\x00\x00"
+        )
+        _message(buffer, core.DESCRIBE, core.STATEMENT + _PARSE_UNNAMED)
+        buffer += core.SYNC_MSG
+        core._write(self._sock, buffer)
+        core._flush(self._sock)
+        context = core.Context(statement)
+        parameters: list[int] = []
+        code = None
+        while code != core.READY_FOR_QUERY:
+            code, length = core.ci_unpack(core._read(self._sock, 5))
+            data = core._read(self._sock, length - 4)
+            if code == core.PARAMETER_DESCRIPTION:
+                parameters = list(struct.unpack_from(f"!{struct.unpack_from('!H', data)[0]}I", data, 2))
+            else:
+                self.message_types[code](data, context)
+        if context.error is not None:
+            raise context.error
+        columns = [(c["name"], c["type_oid"], c["type_modifier"]) for c in context.columns or ()]
+        return parameters, columns
 
     def _read_answers(self, contexts: list[core.Context]) -> None:
         sock, handlers, last = self._sock, self.message_types, len(contexts) - 1

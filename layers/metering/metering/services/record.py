@@ -17,12 +17,12 @@ from metering import reservations
 from metering.api.models import BalanceOut, BreakdownOut, UsageRequest, UsageResponse
 from metering.db.engine import run_in_transaction, sqlstate
 from metering.db.store import (
-    Alongside,
     Entry,
     Pair,
     PeriodRow,
     Pools,
     UserState,
+    Writes,
     ensure_period,
     lock_and_load,
     post_entries,
@@ -117,6 +117,7 @@ _USAGE_CTES = """
             ),
             updated_at = now()
     ),"""
+_USAGE_WRITES = Writes(_USAGE_CTES)
 
 # Measures are summed as PostgreSQL sums numeric: exactly, from each value's JSON text.
 _EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
@@ -386,7 +387,7 @@ def _write(conn: Connection, new: list[_New], now: datetime) -> None:
             )
             for e, s, p, _ in new
         ],
-        alongside=Alongside(_USAGE_CTES, params),
+        alongside=(_USAGE_WRITES, params),
     )
 
 

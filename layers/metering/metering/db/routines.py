@@ -1,0 +1,126 @@
+"""Routines: each of the service's statements kept on the server as a PL/pgSQL function.
+
+PostgreSQL parses and plans an unnamed statement on every execution; for a single record that
+was half of the server's CPU. A named prepared statement would keep the plan, but it is session
+state, and RDS Proxy pins a client to its database connection for good once it sees one. A
+PL/pgSQL function keeps the parsed and planned statements of its body for the life of the server
+connection, whichever client the proxy lends that connection to, and the proxy sees nothing but a
+function call. So `metering migrate` installs one function per `Statement`
+(`metering.db.sql.STATEMENTS`), and the driver sends `SELECT * FROM <routine>($1, ...)` instead of
+the statement's text:
+
+- The function is named after a hash of the statement's text, so code and database cannot drift
+  apart: changed SQL is a new routine, installed by the migration that ships with it, and the
+  routines of the code still running during a deploy stay until they are dropped by hand.
+- Parameter and result types are what the server infers for the statement itself (a Describe,
+  nothing run), so a routine answers with exactly the columns and types the statement would.
+- Each runs with `plan_cache_mode = force_generic_plan` (a setting of the function, restored when
+  it returns: no session state): PL/pgSQL would otherwise keep re-planning statements whose array
+  parameters make a custom plan look cheaper. Every statement of the service looks rows up by key,
+  so the generic plan is an index plan (`tests/integration/test_routines.py` checks them).
+- It is VOLATILE and SECURITY INVOKER, so each call takes its snapshot when it starts, locks and
+  writes as the statement would, and runs with the caller's privileges.
+- A container that finds a routine missing (code deployed before its migration ran) sends the
+  statements' text from then on (`metering.db.engine`), and says so in its log and metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from metering.db.sql import ROUTINE_PREFIX, STATEMENTS, Statement
+
+# The modules that define statements (all at import time, so the set is known to the migration).
+STATEMENT_MODULES = ("metering.db.store", "metering.services.record")
+_UNKNOWN = 705  # the pseudo-type of a parameter whose type the server could not infer
+_QUOTE = "$metering$"
+
+
+def statements() -> list[Statement]:
+    for module in STATEMENT_MODULES:
+        importlib.import_module(module)
+    return sorted(STATEMENTS.values(), key=lambda s: s.routine)
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def definition(conn: Connection, statement: Statement) -> str:
+    """CREATE FUNCTION for `statement`, with the types the server infers for it."""
+    driver: Any = conn.connection.driver_connection
+    parameters, columns = driver.describe(statement.numbered)
+    if _UNKNOWN in parameters:
+        position = parameters.index(_UNKNOWN) + 1
+        raise ValueError(f"{statement.routine}: the type of ${position} cannot be inferred; add a CAST")
+    oids = [*parameters, *(oid for _, oid, _ in columns)]
+    mods = [-1] * len(parameters) + [mod for _, _, mod in columns]
+    types = (
+        conn.execute(
+            text(
+                "SELECT format_type(t.oid, t.mod) FROM unnest(CAST(:oids AS oid[]), CAST(:mods AS int[]))"
+                " WITH ORDINALITY AS t (oid, mod, n) ORDER BY t.n"
+            ),
+            {"oids": oids, "mods": mods},
+        )
+        .scalars()
+        .all()
+    )
+    arguments, results = types[: len(parameters)], types[len(parameters) :]
+    if _QUOTE in statement.numbered:
+        raise ValueError(f"{statement.routine}: the statement contains {_QUOTE}")
+    if columns:
+        returns = (
+            "TABLE ("
+            + ", ".join(f"{_quoted(name)} {t}" for (name, _, _), t in zip(columns, results, strict=True))
+            + ")"
+        )
+        body = f"RETURN QUERY {statement.numbered.strip()};"
+    else:
+        returns, body = "void", f"{statement.numbered.strip()};"
+    return (
+        f"CREATE FUNCTION {statement.routine}({', '.join(arguments)}) RETURNS {returns}\n"
+        "LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET plan_cache_mode = force_generic_plan\n"
+        f"AS {_QUOTE}\n#variable_conflict use_column\nBEGIN\n{body}\nEND\n{_QUOTE}"
+    )
+
+
+def install(conn: Connection) -> list[str]:
+    """Create every statement's routine that is missing or differs (in the caller's transaction,
+    the migration's); returns the routines created. Routines of other code versions are left."""
+    existing = {
+        row.name: (row.signature, row.fingerprint)
+        for row in conn.execute(
+            text(
+                "SELECT p.proname AS name, CAST(p.oid AS regprocedure)::text AS signature,"
+                " obj_description(p.oid, 'pg_proc') AS fingerprint"
+                " FROM pg_proc p WHERE p.proname LIKE :prefix"
+            ),
+            {"prefix": ROUTINE_PREFIX.replace("_", r"\_") + "%"},
+        )
+    }
+    created = []
+    for statement in statements():
+        ddl = definition(conn, statement)
+        fingerprint = hashlib.sha256(ddl.encode()).hexdigest()
+        signature, installed = existing.get(statement.routine, (None, None))
+        if installed == fingerprint:
+            continue
+        if signature is not None:
+            conn.execute(text(f"DROP FUNCTION {signature}"))
+        conn.execute(text(ddl))
+        conn.execute(text(f"COMMENT ON FUNCTION {statement.routine} IS '{fingerprint}'"))
+        created.append(statement.routine)
+    return created
+
+
+def missing(error: Exception) -> bool:
+    """Whether a database error says one of the routines does not exist."""
+    orig = getattr(error, "orig", error)
+    args = getattr(orig, "args", ())
+    fields = args[0] if args and isinstance(args[0], dict) else {}
+    return fields.get("C") == "42883" and ROUTINE_PREFIX in str(fields.get("M", ""))

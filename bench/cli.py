@@ -30,10 +30,12 @@ CONFIG = {
         "record_calls": 500,
         "many_events": 800,
         "hot_events": 400,
-        "http_batches": 4,  # of 500 events
-        "sqs10_batches": 100,
-        "sqs100_batches": 10,
-        "sqs500_batches": 4,
+        # batches in all, shared by the containers: at least 4 per container at N=4, so that a
+        # run lasts about a second rather than one transaction's worth
+        "http_batches": 16,  # of 500 events
+        "sqs10_batches": 400,
+        "sqs100_batches": 40,
+        "sqs500_batches": 16,
         "pgbench_seconds": 5,
         "coldstart_runs": 5,
         "coldstart_runs_without_pyc": 3,
@@ -48,10 +50,10 @@ CONFIG = {
         "record_calls": 150,
         "many_events": 400,
         "hot_events": 240,
-        "http_batches": 4,
-        "sqs10_batches": 40,
-        "sqs100_batches": 4,
-        "sqs500_batches": 4,
+        "http_batches": 8,
+        "sqs10_batches": 160,
+        "sqs100_batches": 16,
+        "sqs500_batches": 8,
         "pgbench_seconds": 3,
         "coldstart_runs": 3,
         "coldstart_runs_without_pyc": 1,
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             "many_users": f"{MANY_USERS} users, each event's user drawn at random",
             "hot_user": "every event the same user and usage type",
             "http_batch": f"500 events over {BATCH_USERS} users drawn at random from the {MANY_USERS}",
-            "sqs": f"batches of 10 and 100 messages, one event each, users at random from the {MANY_USERS}",
+            "sqs": f"batches of 10, 100 and 500 (the deployed BatchSize) messages, one event each, users at "
+            f"random from the {MANY_USERS}",
         },
         "powertools_output": "metrics enabled, stdout discarded (redirect_stdout in-process, fd 1 to "
         "/dev/null in containers); POWERTOOLS_LOG_LEVEL=ERROR",

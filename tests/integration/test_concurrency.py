@@ -171,6 +171,64 @@ def test_a_batch_records_the_free_users_while_another_transaction_holds_one():
     assert_reconciled()
 
 
+@pytest.mark.parametrize(
+    ("released_before_pass", "expected_passes"),
+    [
+        # holders commit meanwhile: each further free pass takes what they released
+        ({2: ("c",), 3: ("b", "d")}, [(True, {"a"}), (True, {"c"}), (True, {"b", "d"})]),
+        # a free pass that takes nothing is followed by one that waits (released just before it,
+        # since this test's holders run in the same thread)
+        ({}, [(True, {"a"}), (True, set()), (False, {"b", "c", "d"})]),
+        # at most FREE_PASSES free passes, then one that waits
+        ({2: ("b",), 3: ("c",)}, [(True, {"a"}), (True, {"b"}), (True, {"c"}), (False, {"d"})]),
+    ],
+    ids=["each-pass-takes-what-was-released", "no-progress-waits", "free-passes-are-bounded"],
+)
+def test_a_batch_takes_pairs_freed_while_it_ran_before_waiting(
+    monkeypatch, released_before_pass, expected_passes
+):
+    """After its first transaction, a set whose other pairs are held tries again for only the free
+    ones while that makes progress (at most FREE_PASSES times), and only then waits: concurrent SQS
+    batches over overlapping users keep the machine busy instead of queueing behind each other."""
+    from metering.services import record
+    from tests.support import api
+
+    assert record.FREE_PASSES == 3
+    users = ("a", "b", "c", "d")
+    for user in users:
+        api.record(f"warm-{user}", user, "premium_voice", 1)
+    engine = create_engine(os.environ["DATABASE_URL"])
+    holders = {}
+    for user in users[1:]:
+        holders[user] = engine.connect()
+        holders[user].execute(text("SELECT * FROM balances WHERE user_id = :u FOR UPDATE"), {"u": user})
+
+    passes = []
+    lock_and_load = record.lock_and_load
+
+    def observed(conn, pairs, now, ids, *, only_free=False):
+        released = released_before_pass.get(len(passes) + 1, ()) if only_free else list(holders)
+        for user in released:
+            holders.pop(user).rollback()
+        states, rows = lock_and_load(conn, pairs, now, ids, only_free=only_free)
+        passes.append((only_free, {u for u, _ in states}))
+        return states, rows
+
+    monkeypatch.setattr(record, "lock_and_load", observed)
+    try:
+        status, body = api.batch(
+            [{"event_id": f"y-{u}", "user_id": u, "usage_type": "premium_voice", "amount": 5} for u in users]
+        )
+    finally:
+        for holder in holders.values():
+            holder.rollback()
+        engine.dispose()
+    assert status == 200
+    assert [r["status"] for r in body["results"]] == ["recorded"] * 4
+    assert passes == expected_passes
+    assert_reconciled()
+
+
 def _record_batch(env, results, events=None):
     os.environ.update(env)
     from tests.support import api

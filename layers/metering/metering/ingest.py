@@ -1,7 +1,7 @@
 """Many events at once: the HTTP batch and the SQS usage queue (api.md sections 5 and 6).
 
 Each event is validated on its own, then all valid events go through `record_many`, which
-applies them as one set (one transaction, or two when other transactions hold some of its
+applies them as one set (one transaction, or a few when other transactions hold some of its
 users). For SQS, only retryable failures are reported back (`batchItemFailures`); an event that
 can never succeed (bad JSON, bad fields, unknown usage type, an event_id conflict) is sent to the
 dead-letter queue with its reason, so it is neither lost nor retried forever.

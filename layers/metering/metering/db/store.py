@@ -59,13 +59,15 @@ _SUBSCRIPTIONS = Statement(
 )
 
 # The periods containing :now, each with its counters of the usage types asked for (a period
-# without any of them: one row with a NULL usage type).
+# without any of them: one row with a NULL usage type). Users are joined, not filtered with
+# `= ANY(:users)`: on a table the planner deems small that became a sequential scan comparing
+# every row with every user (8 ms for 400 users of 1,000), where the join probes the index.
 _PERIODS = Statement(
     """
     SELECT p.user_id, p.period_id, p.period_start, p.period_end, p.plan_id, u.usage_type, u.used
-    FROM periods p
+    FROM unnest(CAST(:users AS text[])) AS k (user_id)
+    JOIN periods p ON p.user_id = k.user_id AND p.period_start <= :now AND p.period_end > :now
     LEFT JOIN period_usage u ON u.period_id = p.period_id AND u.usage_type = ANY(CAST(:types AS text[]))
-    WHERE p.user_id = ANY(CAST(:users AS text[])) AND p.period_start <= :now AND p.period_end > :now
     """,
     routine=True,
 )

@@ -403,8 +403,8 @@ def record_many(events: list[UsageRequest], now: datetime | None = None) -> list
     """Record events, each applied or rejected on its own; results in input order.
 
     All events are applied as one set: one transaction (one commit for many rows, two round trips
-    for any number of events), or two when other transactions hold some of its pairs (free pairs
-    first, `_record_set`). That is safe because an event's own rejection changes nothing. A
+    for any number of events), or a few when other transactions hold some of its pairs (free
+    pairs first, `_record_set`). That is safe because an event's own rejection changes nothing. A
     database error falls back to one transaction per user, then per event, so only the event that
     caused it fails.
     """
@@ -415,11 +415,19 @@ def record_many(events: list[UsageRequest], now: datetime | None = None) -> list
     return outcomes
 
 
-def _record_set(events: list[UsageRequest], now: datetime, *, take_free_first: bool = True) -> list[Outcome]:
+# How many transactions a set may spend taking only free pairs before one waits for the rest.
+FREE_PASSES = 3
+
+
+def _record_set(
+    events: list[UsageRequest], now: datetime, *, free_passes: int = FREE_PASSES
+) -> list[Outcome]:
     """The set in one transaction; a set of several pairs takes the free pairs first and leaves
-    the pairs other transactions hold to a second transaction, which waits for them (so
-    concurrent batches sharing some users do not queue behind each other's whole transaction)."""
-    only_free = take_free_first and _free_first_is_safe(events)
+    the pairs other transactions hold to the next transaction: again only the free ones while
+    that makes progress (holders commit meanwhile), at most `free_passes` times, then one that
+    waits for the rest. Concurrent batches sharing some users thus do not queue behind each
+    other's whole transaction."""
+    only_free = free_passes > 0 and _free_first_is_safe(events)
     try:
         outcomes = run_in_transaction(lambda conn: _apply(conn, events, now, only_free=only_free))
     except MeteringError as error:  # the database is unavailable: every event may be retried
@@ -430,8 +438,10 @@ def _record_set(events: list[UsageRequest], now: datetime, *, take_free_first: b
         return _record_in_parts(events, now)
     left = [i for i, outcome in enumerate(outcomes) if outcome is None]
     if left:
+        # a free pass that took nothing will not take anything soon either: wait
+        passes = free_passes - 1 if len(left) < len(events) else 0
         for i, outcome in zip(
-            left, _record_set([events[i] for i in left], now, take_free_first=False), strict=True
+            left, _record_set([events[i] for i in left], now, free_passes=passes), strict=True
         ):
             outcomes[i] = outcome
     return [o for o in outcomes if o is not None]

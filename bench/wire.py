@@ -156,7 +156,7 @@ def statement_label(sql: str) -> str:
         ("INSERT INTO balances", "lock"),
         ("BEGIN ISOLATION LEVEL REPEATABLE READ", "BEGIN (snapshot)"),
         ("FROM accounts a JOIN subscriptions", "subscriptions"),
-        ("FROM periods p", "periods"),
+        ("JOIN periods p", "periods"),
         ("SELECT user_id, usage_type, rollover, purchased, version FROM balances", "balances"),
         ("FROM usage_events WHERE event_id = ANY", "stored ids"),
         ("INSERT INTO periods", "ensure_period"),

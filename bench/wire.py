@@ -144,9 +144,11 @@ def statement_label(sql: str) -> str:
     words = " ".join(sql.split())
     if ROUTINE_PREFIX in words:  # a call of a statement's routine (metering.db.routines): its text
         from metering.db.routines import statements
+        from metering.db.sql import STATEMENTS
 
+        statements()  # imports every module that defines statements
         name = words.split(ROUTINE_PREFIX, 1)[1].split("(", 1)[0]
-        routine = {s.routine: s for s in statements()}.get(ROUTINE_PREFIX + name)
+        routine = STATEMENTS.get(ROUTINE_PREFIX + name)
         if routine is not None:
             return statement_label(routine.text) + " (routine)"
     known = (

@@ -159,7 +159,6 @@ def reset_engine() -> None:
 def run_read[T](work: Callable[[Connection], T], *, attempts: int = 2) -> T:
     """Run read-only `work` on an autocommit connection (one round trip per statement), once more
     on a fresh connection if the pooled one died unseen (e.g. the server restarted)."""
-    _check_routines()
     attempt = 0
     while attempt < attempts:
         attempt += 1
@@ -212,7 +211,6 @@ def run_in_transaction[T](work: Callable[[Connection], T], *, attempts: int = 3)
     """Run `work` in one transaction, again from the start after a deadlock, a serialization
     failure, a lost connection or a `Retry` raised by the work. Every write of this service is
     idempotent, so a transaction whose COMMIT was lost in flight converges when it runs again."""
-    _check_routines()
     attempt = 0
     while attempt < attempts:
         attempt += 1
@@ -232,12 +230,6 @@ def run_in_transaction[T](work: Callable[[Connection], T], *, attempts: int = 3)
             if not retryable or attempt == attempts:
                 _raise_translated(error)
     raise AssertionError("unreachable")
-
-
-def _check_routines() -> None:
-    from metering.db.sql import routines_in_use
-
-    routines_in_use()  # a container that found them missing tries them again after a while
 
 
 def _routine_missing(error: exc.DBAPIError) -> bool:

@@ -14,7 +14,7 @@ each function's parsed and planned statements for the life of the server connect
 server stops parsing and planning them on every execution (half its CPU per record) without
 named prepared statements, which would pin RDS Proxy connections.
 A container whose database lacks a routine (code deployed before its migration ran) sends the
-statements' text instead, and tries the routines again a minute later (`use_routines`, called by
+statements' text instead, and tries the routines again a minute later (`use_routines`, set by
 the engine's retry loops).
 """
 
@@ -36,7 +36,6 @@ _BIND = re.compile(r"(?<![:\w\x5c]):(\w+)(?!:)")
 
 ROUTINE_PREFIX = "metering_r_"
 STATEMENTS: dict[str, Statement] = {}  # routine name -> statement, for every routine
-_routines = [True]  # whether statements are sent as calls of their routines
 
 
 class Statement:
@@ -66,26 +65,22 @@ class Statement:
             STATEMENTS.setdefault(self.routine, self)
 
     def bind(self, params: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
-        return self.call if _routines[0] else self.numbered, tuple(params[name] for name in self.names)
+        return self.call if routines_in_use() else self.numbered, tuple(params[name] for name in self.names)
 
 
-_retry_routines_at = [0.0]  # time.monotonic() after which a container without routines tries again
+_text_until = [0.0]  # time.monotonic() until which statements go as text (0: routines in use)
 ROUTINES_RETRY_S = 60.0
 _clock = time.monotonic
 
 
 def use_routines(enabled: bool) -> None:
-    """Send statements as calls of their routines (the default), or as their own text; without
-    them, try them again after ROUTINES_RETRY_S (the migration may have run meanwhile)."""
-    _routines[0] = enabled
-    _retry_routines_at[0] = 0.0 if enabled else _clock() + ROUTINES_RETRY_S
+    """Send statements as calls of their routines (the default), or as their own text for
+    ROUTINES_RETRY_S, after which the routines are tried again (the migration may have run)."""
+    _text_until[0] = 0.0 if enabled else _clock() + ROUTINES_RETRY_S
 
 
 def routines_in_use() -> bool:
-    """Whether statements go as routine calls; turns them back on once the retry time has come."""
-    if not _routines[0] and _clock() >= _retry_routines_at[0]:
-        _routines[0] = True
-    return _routines[0]
+    return not _text_until[0] or _clock() >= _text_until[0]
 
 
 def _driver(conn: Connection) -> Any:

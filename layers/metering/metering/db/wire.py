@@ -103,6 +103,11 @@ def _message(buffer: bytearray, code: bytes, payload: bytes | bytearray) -> None
     buffer += payload
 
 
+def _parse(buffer: bytearray, statement: str, encoding: str) -> None:
+    """Parse `statement` as the unnamed statement, every parameter's type left to the server."""
+    _message(buffer, core.PARSE, _PARSE_UNNAMED + statement.encode(encoding) + b"\x00\x00\x00")
+
+
 def _timestamptz_in(text: str) -> Any:
     """PostgreSQL's timestamptz text ("2026-11-24 06:55:27.12+00") with `fromisoformat`, ten times
     faster than pg8000's `strptime`; anything it does not take (infinity, BC, beyond year 9999)
@@ -177,7 +182,7 @@ class PipelinedConnection(legacy.Connection):
         contexts = []
         for statement, vals in items:
             contexts.append(core.Context(statement))
-            _message(buffer, core.PARSE, _PARSE_UNNAMED + statement.encode(encoding) + b"\x00\x00\x00")
+            _parse(buffer, statement, encoding)
             bind = bytearray(_BIND_HEAD)
             params = make_params(self.py_types, vals)
             bind += core.H_pack(len(params))
@@ -224,9 +229,7 @@ class PipelinedConnection(legacy.Connection):
         if self._queued:
             raise RuntimeError("describe with statements queued")
         buffer = bytearray()
-        _message(
-            buffer, core.PARSE, _PARSE_UNNAMED + statement.encode(self._client_encoding) + b"\x00\x00\x00"
-        )
+        _parse(buffer, statement, self._client_encoding)
         _message(buffer, core.DESCRIBE, core.STATEMENT + _PARSE_UNNAMED)
         buffer += core.SYNC_MSG
         core._write(self._sock, buffer)

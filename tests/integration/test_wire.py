@@ -189,6 +189,15 @@ def test_a_failed_snapshot_read_leaves_the_connection_idle(scratch):
         ([0, -1, 2**63 - 1], "bigint[]"),
         ([1, None], "bigint[]"),
         ([UUID("12345678-1234-5678-1234-567812345678")], "uuid[]"),
+        # one element (a single record's arrays, written by a shortcut)
+        (['a "quote"'], "text[]"),
+        (["back\\slash"], "text[]"),
+        (["NULL"], "text[]"),  # the text NULL, not a null element
+        ([""], "text[]"),
+        ([" spaced, {braced} "], "text[]"),
+        ([None], "text[]"),
+        ([-7], "bigint[]"),
+        ([UUID("12345678-1234-5678-1234-567812345678")], "uuid[]"),
     ],
 )
 def test_array_parameters_arrive_exactly(clean, values, cast):
@@ -196,3 +205,69 @@ def test_array_parameters_arrive_exactly(clean, values, cast):
     with get_engine().connect() as conn:
         (row,) = fetch_one(conn, Statement(f"SELECT CAST(:v AS {cast}) AS v"), {"v": values})
     assert row.v == values
+
+
+def test_scalar_parameters_arrive_exactly(clean):
+    """Strings and lists are written by a shortcut, everything else by pg8000's converters."""
+    from decimal import Decimal
+
+    values = {
+        "s": 'it\'s "quoted" \\ ünïcødé',
+        "e": "",
+        "i": -(2**63),
+        "b": True,
+        "d": Decimal("12.3400"),
+        "t": datetime(2026, 11, 24, 6, 55, 27, 120000, tzinfo=UTC),
+        "u": UUID("12345678-1234-5678-1234-567812345678"),
+        "n": None,
+    }
+    statement = Statement(
+        "SELECT CAST(:s AS text) AS s, CAST(:e AS text) AS e, CAST(:i AS bigint) AS i, CAST(:b AS bool) AS b,"
+        " CAST(:d AS numeric) AS d, CAST(:t AS timestamptz) AS t, CAST(:u AS uuid) AS u, CAST(:n AS text) AS n"
+    )
+    with get_engine().connect() as conn:
+        (row,) = fetch_one(conn, statement, values)
+    assert row._asdict() == values
+
+
+def test_answers_larger_than_the_read_buffer_arrive_whole(clean, flushes):
+    """Answers are cut out of the socket's read buffer; a message that is not buffered whole (a
+    100 kB value) and answers spread over many reads (thousands of rows) must arrive exactly, and
+    the statements after them still get their own rows."""
+    big = Statement("SELECT repeat(CAST(:c AS text), :n) AS v")
+    many = Statement("SELECT g AS n, repeat('x', g % 50) AS pad FROM generate_series(1, :m) AS g")
+    small = Statement("SELECT CAST(:x AS int) AS x")
+    with get_engine().connect() as conn:
+        before = flushes["n"]
+        first, rows, last = fetch(
+            conn, (big, {"c": "ab", "n": 50_000}), (many, {"m": 5000}), (small, {"x": 3})
+        )
+        assert flushes["n"] - before == 1
+        assert [(small_row.x) for small_row in fetch_one(conn, small, {"x": 4})] == [4]
+    assert first[0].v == "ab" * 50_000
+    assert [(r.n, r.pad) for r in rows] == [(g, "x" * (g % 50)) for g in range(1, 5001)]
+    assert [r.x for r in last] == [3]
+
+
+def test_a_message_the_server_sends_unasked_is_handled_where_it_lands(clean):
+    """A notification arrives whenever the server has one, before or between a statement's answers:
+    it goes to pg8000's handler and every statement still gets its own rows."""
+    from tests.support.state import execute
+
+    probe = Statement("SELECT CAST(:x AS int) AS x, CAST(:y AS text) AS y")
+    with get_engine().connect() as conn:
+        conn.exec_driver_sql("LISTEN wire_test")
+        driver = conn.connection.driver_connection
+        try:
+            execute("NOTIFY wire_test, 'hello'")  # committed by another connection
+            for attempt in range(10_000):
+                first, second = fetch(
+                    conn, (probe, {"x": attempt, "y": "a"}), (probe, {"x": -attempt, "y": "b"})
+                )
+                assert [tuple(first[0]), tuple(second[0])] == [(attempt, "a"), (-attempt, "b")]
+                if driver.notifications:
+                    break
+            assert [n[1:] for n in driver.notifications] == [("wire_test", "hello")]
+        finally:
+            conn.exec_driver_sql("UNLISTEN wire_test")
+            driver.notifications.clear()

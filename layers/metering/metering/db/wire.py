@@ -7,7 +7,8 @@ sequence can be sent at once and answered once, as libpq's PQexecParams does: Pa
 Describe (portal), Execute. Several statements can go in one write before a single Sync, as in
 libpq's pipeline mode: the server runs them in order, and after an error skips the rest up to the
 Sync, so nothing after a failed statement runs (a queued COMMIT included). pg8000's own message
-handlers read the answers.
+handlers read the answers, cut out of the socket's read buffer (pg8000 reads each message with two
+calls and two copies, ~60 messages per record).
 
 That lets a transaction send BEGIN with its first statement, and writes whose rows nobody reads
 with its COMMIT (`PipelinedConnection.queue`, `metering.db.sql`).
@@ -23,7 +24,8 @@ so it is computed once per statement text.
 Python lists are sent as array literals (the set-based record passes its rows as arrays, cast in
 the SQL). pg8000 escapes every string of an array character by character in Python; lists of
 str, int and None are written here with `str.replace` instead (every element quoted, which the
-array syntax always allows), anything else still by pg8000.
+array syntax always allows), anything else still by pg8000. Strings and lists skip pg8000's
+converter lookup, and a one-element list (a single record's arrays) has its own shortcut.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from uuid import UUID
 
 import pg8000
 from pg8000 import converters, core, legacy
-from pg8000.converters import make_params
+from pg8000.converters import make_param
 
 _DESCRIBE_MSG = bytes([*core.DESCRIBE, 0, 0, 0, 6, *core.PORTAL, 0])  # Describe the unnamed portal
 _convert_paramstyle = legacy.convert_paramstyle
@@ -66,6 +68,12 @@ def _array_literal(values: list[Any]) -> str:
     """A list as a PostgreSQL array literal. The set-based record sends ~30 arrays of up to 500
     elements per statement, so lists of one kind are written with C-level joins and replaces;
     only lists mixing strings and NULLs go element by element."""
+    if len(values) == 1:  # a single record's statements: one element per array
+        kind = type(values[0])
+        if kind in _PLAIN:
+            return "{" + str(values[0]) + "}"
+        if kind is str:
+            return '{"' + values[0].replace("\\", "\\\\").replace('"', '\\"') + '"}'
     kinds = set(map(type, values))
     if kinds <= _PLAIN:
         return "{" + ",".join(map(str, values)) + "}"
@@ -95,6 +103,31 @@ _PARSE_UNNAMED = core.NULL_BYTE
 _BIND_HEAD = core.NULL_BYTE + core.NULL_BYTE + core.H_pack(0)  # unnamed portal and statement, text params
 _TEXT_RESULTS = core.H_pack(0)
 _ADVANCE = (core.COMMAND_COMPLETE, core.EMPTY_QUERY_RESPONSE)
+_NULL_PARAM = core.i_pack(-1)
+_ci_unpack_from = struct.Struct("!ci").unpack_from
+
+
+def _buffered(sock: Any) -> bytes:
+    """What the socket's read buffer holds, without consuming it; if it is empty, one read from
+    the network first (waiting as pg8000's reads do)."""
+    try:
+        chunk: bytes = sock.peek(1)
+    except OSError as error:
+        raise pg8000.InterfaceError("network error") from error
+    if not chunk:
+        raise pg8000.InterfaceError("network error")
+    return chunk
+
+
+def _param_text(py_types: dict[type, Any], value: Any) -> str | None:
+    """A parameter's text (None for NULL): pg8000's `make_param`, with the two kinds the service
+    sends most (strings, and lists as arrays) looked up first."""
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is list:
+        return _array_literal(value)
+    return make_param(py_types, value)
 
 
 def _message(buffer: bytearray, code: bytes, payload: bytes | bytearray) -> None:
@@ -177,20 +210,20 @@ class PipelinedConnection(legacy.Connection):
         items = self._queued + statements if self._queued else statements
         self._queued = []
         self._begin_unsent = False
-        encoding = self._client_encoding
+        encoding, py_types = self._client_encoding, self.py_types
         buffer = bytearray()
         contexts = []
         for statement, vals in items:
             contexts.append(core.Context(statement))
             _parse(buffer, statement, encoding)
             bind = bytearray(_BIND_HEAD)
-            params = make_params(self.py_types, vals)
-            bind += core.H_pack(len(params))
-            for value in params:
-                if value is None:
-                    bind += core.i_pack(-1)
+            bind += core.H_pack(len(vals))
+            for value in vals:
+                text = _param_text(py_types, value)
+                if text is None:
+                    bind += _NULL_PARAM
                 else:
-                    encoded = value.encode(encoding)
+                    encoded = text.encode(encoding)
                     bind += core.i_pack(len(encoded))
                     bind += encoded
             bind += _TEXT_RESULTS
@@ -250,11 +283,35 @@ class PipelinedConnection(legacy.Connection):
         return parameters, columns
 
     def _read_answers(self, contexts: list[core.Context]) -> None:
+        """Hand each answer up to ReadyForQuery to pg8000's handler, advancing to the next
+        statement's context after each CommandComplete. The messages are cut out of what the
+        socket's buffer already holds (a record's ~30 answers arrive in one or two reads), where
+        pg8000 reads each message's header and body with two calls and two copies; a message that
+        is not buffered whole is read pg8000's way. Nothing past ReadyForQuery is consumed."""
         sock, handlers, last = self._sock, self.message_types, len(contexts) - 1
-        index, code = 0, None
-        while code != core.READY_FOR_QUERY:
+        index = 0
+        while True:
+            chunk, pos = _buffered(sock), 0
+            size = len(chunk)
+            while size - pos >= 5:
+                code, length = _ci_unpack_from(chunk, pos)
+                end = pos + 1 + length
+                if end > size:
+                    break
+                handlers[code](chunk[pos + 5 : end], contexts[index])
+                pos = end
+                if code == core.READY_FOR_QUERY:
+                    sock.read(pos)
+                    return
+                if code in _ADVANCE and index < last:
+                    index += 1
+            if pos:
+                sock.read(pos)  # what was handled leaves the buffer (already there: no wait)
+                continue
             code, length = core.ci_unpack(core._read(sock, 5))
             handlers[code](core._read(sock, length - 4), contexts[index])
+            if code == core.READY_FOR_QUERY:
+                return
             if code in _ADVANCE and index < last:
                 index += 1
 

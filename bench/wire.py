@@ -1,10 +1,12 @@
 """Round trips counted at the wire.
 
 PostgreSQL: pg8000 writes protocol messages into a buffered socket file and sends them with
-`pg8000.core._flush`; it then blocks in `pg8000.core._read` for the answer. Both are module-level
-functions looked up at call time, so wrapping them counts every exchange of every connection: a
-round trip is a flush followed by a read (messages written after a flush and before the next read,
-like pg8000's Bind after its Describe, travel with the next flush; they add no wait).
+`pg8000.core._flush`; it then blocks in `pg8000.core._read` for the answer, or, in the service's
+pipelined driver, in `metering.db.wire._buffered`. All are module-level functions looked up at call
+time, so wrapping them counts every exchange of every connection: a round trip is a flush followed
+by a read (messages written after a flush and before the next read, like pg8000's Bind after its
+Describe, travel with the next flush; they add no wait). The calibration runs known cases through
+both drivers, so a read path the counter misses shows up there.
 
 Redis: redis-py sends a command (or a whole pipeline) with `Connection.send_packed_command` and
 waits in `Connection.read_response`; a round trip is a send followed by a read (a health-check PING
@@ -46,22 +48,32 @@ def install() -> Counter:
     import pg8000.core as core
     from redis.connection import AbstractConnection
 
-    flush, read = core._flush, core._read
-    _originals.update(pg_flush=flush, pg_read=read)
+    from metering.db import wire as driver
+
+    flush, read, buffered = core._flush, core._read, driver._buffered
+    _originals.update(pg_flush=flush, pg_read=read, pg_buffered=buffered)
 
     def counting_flush(sock):  # type: ignore[no-untyped-def]
         COUNTER.pg_flushes += 1
         COUNTER._pg_pending = True
         return flush(sock)
 
-    def counting_read(sock, size):  # type: ignore[no-untyped-def]
+    def answer_awaited() -> None:
         if COUNTER._pg_pending:
             COUNTER._pg_pending = False
             COUNTER.pg += 1
+
+    def counting_read(sock, size):  # type: ignore[no-untyped-def]
+        answer_awaited()
         return read(sock, size)
+
+    def counting_buffered(sock):  # type: ignore[no-untyped-def]
+        answer_awaited()
+        return buffered(sock)
 
     core._flush = counting_flush
     core._read = counting_read
+    driver._buffered = counting_buffered
 
     send, receive = AbstractConnection.send_packed_command, AbstractConnection.read_response
     _originals.update(redis_send=send, redis_read=receive)
@@ -91,8 +103,11 @@ def uninstall() -> None:
     import pg8000.core as core
     from redis.connection import AbstractConnection
 
+    from metering.db import wire as driver
+
     core._flush = _originals["pg_flush"]
     core._read = _originals["pg_read"]
+    driver._buffered = _originals["pg_buffered"]
     AbstractConnection.send_packed_command = _originals["redis_send"]  # type: ignore[method-assign]
     AbstractConnection.read_response = _originals["redis_read"]  # type: ignore[method-assign]
     _installed = False
@@ -174,8 +189,12 @@ def calibrate(admin_url: str, redis_url: str) -> dict[str, int]:
     import redis
     from sqlalchemy import create_engine, text
 
+    from metering.db.sql import Statement, fetch, fetch_one, queue
+    from metering.db.wire import dbapi
+
     counter = install()
     engine = create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_size=1)
+    pipelined = create_engine(admin_url, module=dbapi, isolation_level="AUTOCOMMIT", pool_size=1)
     out: dict[str, int] = {}
     try:
         with engine.connect() as conn:
@@ -191,6 +210,19 @@ def calibrate(admin_url: str, redis_url: str) -> dict[str, int]:
             pg0 = counter.pg
             conn.execute(text("SELECT CAST(:x AS int)"), {"x": 1}).all()
             out["pg: SELECT :x with a parameter (pg8000 unnamed extended query)"] = counter.pg - pg0
+        with pipelined.connect() as conn:
+            one = Statement("SELECT CAST(:x AS int) AS x")
+            fetch_one(conn, one, {"x": 1})  # connect + dialect initialisation first
+            pg0 = counter.pg
+            fetch(conn, (one, {"x": 1}), (one, {"x": 2}))
+            out["pg: two statements in one pipeline (the service's driver)"] = counter.pg - pg0
+            driver = conn.connection.driver_connection
+            pg0 = counter.pg
+            driver.lazy_begin()
+            queue(conn, one, {"x": 1})
+            fetch_one(conn, one, {"x": 2})
+            driver.lazy_commit()
+            out["pg: BEGIN + queued + statement; COMMIT (the service's transaction)"] = counter.pg - pg0
         client = redis.Redis.from_url(redis_url)
         client.ping()
         r0 = counter.redis
@@ -204,4 +236,5 @@ def calibrate(admin_url: str, redis_url: str) -> dict[str, int]:
         client.close()
     finally:
         engine.dispose()
+        pipelined.dispose()
     return out

@@ -159,13 +159,16 @@ def statement_label(sql: str) -> str:
     words = " ".join(sql.split())
     if ROUTINE_PREFIX in words:  # a call of a statement's routine (metering.db.routines): its text
         from metering.db.routines import statements
-        from metering.db.sql import STATEMENTS
+        from metering.db.sql import GROUPS, STATEMENTS
 
-        statements()  # imports every module that defines statements
-        name = words.split(ROUTINE_PREFIX, 1)[1].split("(", 1)[0]
-        routine = STATEMENTS.get(ROUTINE_PREFIX + name)
+        statements()  # imports every module that defines statements (and groups)
+        name = ROUTINE_PREFIX + words.split(ROUTINE_PREFIX, 1)[1].split("(", 1)[0]
+        routine = STATEMENTS.get(name)
         if routine is not None:
             return statement_label(routine.text) + " (routine)"
+        group = next((g for g in GROUPS.values() if g.routine == name), None)
+        if group is not None:
+            return " + ".join(statement_label(s.text) for s in group.statements) + " (one routine)"
     known = (
         ("INSERT INTO usage_events", "post_entries + usage rows + lifetime stats"),
         ("SKIP LOCKED", "lock (free pairs)"),

@@ -48,9 +48,11 @@ def test_every_statement_of_the_service_is_a_routine_the_migration_installs(serv
     assert "" not in _module_statements()  # no statement of the service without its routine
     assert _module_statements() <= statements
     installed = _installed()
-    assert statements <= set(installed)
+    groups = {g.routine for g in routines.groups()}
+    assert len(groups) == 3
+    assert statements | groups <= set(installed)
     settings = ["plan_cache_mode=force_generic_plan", "random_page_cost=1.1"]
-    assert all(installed[name] == settings for name in statements)
+    assert all(installed[name] == settings for name in statements | groups)
     # idempotent: a second migration finds every routine as it should be and creates none
     engine = create_engine(services["database_url"], module=dbapi)
     with engine.begin() as conn:
@@ -79,12 +81,28 @@ def _sent(monkeypatch) -> list[str]:
     return statements
 
 
-def test_check_and_record_send_calls_of_routines_only(monkeypatch):
+def test_check_and_record_send_one_routine_call_per_round_trip(monkeypatch):
+    """The record's lock and reads are one call (their group's routine), its write another; the
+    check's reads one call; a batch the same. Nothing but routine calls, BEGIN and COMMIT."""
+    from metering.services import record
+
     subscribe("u1", "basic")
     api.record("warm", "u1", "premium_voice", 10)
     sent = _sent(monkeypatch)
+
+    def calls() -> list[str]:
+        out = [s for s in sent if not s.startswith(("BEGIN", "COMMIT"))]
+        sent.clear()
+        return out
+
+    write = record._USAGE_WRITES.statement.call
     assert api.record("e1", "u1", "premium_voice", 10)[0] == 201
+    assert calls() == [
+        sql.GROUPS[(store._LOCK, store._SUBSCRIPTIONS, store._PERIODS, store._EVENTS)].call,
+        write,
+    ]
     assert api.check("u1", "premium_voice", 10)[1]["allowed"]
+    assert calls() == [sql.GROUPS[(store._SUBSCRIPTIONS, store._PERIODS, store._BALANCES)].call]
     assert (
         api.batch(
             [
@@ -94,9 +112,43 @@ def test_check_and_record_send_calls_of_routines_only(monkeypatch):
         )[0]
         == 200
     )
-    others = [s for s in sent if not s.startswith(("BEGIN", "COMMIT"))]
-    assert len(others) >= 12
-    assert all(s.startswith("SELECT * FROM metering_r_") for s in others), others
+    free = sql.GROUPS[(store._LOCK_FREE, store._SUBSCRIPTIONS, store._PERIODS, store._EVENTS)].call
+    batch = calls()
+    assert batch[0] == free and write in batch
+    assert all(s.startswith("SELECT * FROM metering_r_") for s in batch), batch
+
+
+def test_a_group_answers_with_each_members_rows_and_types(monkeypatch):
+    """A group's one call gives each member exactly the rows, columns and Python types of the
+    member's own statement (its rows carry NULL in every other member's columns)."""
+    subscribe("u1", "basic")
+    for i in range(3):
+        assert api.record(f"e{i}", "u1", "premium_voice", 10 + i, details={"voice_slug": "aria"})[0] == 201
+    api.record("n1", "u2", "ocr_tokens", 1)  # a user without a subscription
+    now = datetime.now(UTC)
+    state = {"users": ["u1", "u2", "nobody"], "types": ["premium_voice", "ocr_tokens"], "now": now}
+    keys = {"users": ["u1", "u2", "nobody"], "types": ["premium_voice", "ocr_tokens", "ocr_tokens"]}
+    events = {"ids": ["e0", "e1", "e2", "n1", "missing"]}
+    group = (store._LOCK, store._SUBSCRIPTIONS, store._PERIODS, store._EVENTS)
+    assert group in sql.GROUPS
+
+    def answers() -> list[list]:
+        with transaction() as conn:
+            rows = fetch(conn, (group[0], keys), (group[1], state), (group[2], state), (group[3], events))
+        return [
+            sorted((r._replace(version=0) if hasattr(r, "version") else r) for r in member) for member in rows
+        ]
+
+    sent = _sent(monkeypatch)
+    by_group = answers()
+    assert [s for s in sent if s.startswith("SELECT")] == [sql.GROUPS[group].call]
+    sql.use_routines(False)
+    by_text = answers()
+    assert by_group == by_text
+    assert [len(rows) for rows in by_group] == [3, 1, 2, 4]
+    for member_group, member_text in zip(by_group, by_text, strict=True):
+        assert [r._fields for r in member_group] == [r._fields for r in member_text]
+        assert [[type(v) for v in r] for r in member_group] == [[type(v) for v in r] for r in member_text]
 
 
 def test_a_routine_answers_with_the_rows_and_types_of_its_statement():

@@ -51,10 +51,12 @@ class Private:
         `query_part` (polled until there is one, other than `exclude`)."""
 
         # The service sends its statements as calls of their routines (metering.db.routines):
-        # pg_stat_activity shows the call, so look for the routines whose text holds query_part too.
-        from metering.db.routines import statements
+        # pg_stat_activity shows the call, so look for the routines whose text holds query_part
+        # too, and for the groups' routines that call them.
+        from metering.db.routines import groups, statements
 
         parts = [query_part, *(s.routine for s in statements() if query_part in s.text)]
+        parts += [g.routine for g in groups() if any(query_part in s.text for s in g.statements)]
 
         def find() -> int | None:
             rows = self.backends(

@@ -27,6 +27,9 @@ the statement's text:
   writes as the statement would, and runs with the caller's privileges.
 - A container that finds a routine missing (code deployed before its migration ran) sends the
   statements' text from then on (`metering.db.engine`), and says so in its log and metrics.
+- Statements always fetched together (`metering.db.sql.Group`: the record's lock and reads, the
+  check's reads) also get one routine for the group, which calls the members' routines: one call
+  per round trip instead of one per statement.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from metering.db.sql import ROUTINE_PREFIX, STATEMENTS, Statement
+from metering.db.sql import GROUPS, ROUTINE_PREFIX, STATEMENTS, Group, Statement
 
 # The modules that define statements (all at import time, so the set is known to the migration).
 STATEMENT_MODULES = ("metering.db.store", "metering.services.record")
@@ -53,12 +56,18 @@ def statements() -> list[Statement]:
     return sorted(STATEMENTS.values(), key=lambda s: s.routine)
 
 
+def groups() -> list[Group]:
+    statements()
+    return sorted(GROUPS.values(), key=lambda g: g.routine)
+
+
 def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def definition(conn: Connection, statement: Statement) -> str:
-    """CREATE FUNCTION for `statement`, with the types the server infers for it."""
+def _signature(conn: Connection, statement: Statement) -> tuple[list[str], list[tuple[str, str]]]:
+    """The types the server infers for `statement`: of each parameter, and (name, type) of each
+    result column."""
     driver: Any = conn.connection.driver_connection
     parameters, columns = driver.describe(statement.numbered)
     if _UNKNOWN in parameters:
@@ -77,23 +86,54 @@ def definition(conn: Connection, statement: Statement) -> str:
         .scalars()
         .all()
     )
-    arguments, results = types[: len(parameters)], types[len(parameters) :]
-    if _QUOTE in statement.numbered:
-        raise ValueError(f"{statement.routine}: the statement contains {_QUOTE}")
-    if columns:
-        returns = (
-            "TABLE ("
-            + ", ".join(f"{_quoted(name)} {t}" for (name, _, _), t in zip(columns, results, strict=True))
-            + ")"
-        )
-        body = f"RETURN QUERY {statement.numbered.strip()};"
-    else:
-        returns, body = "void", f"{statement.numbered.strip()};"
+    results = list(types[len(parameters) :])
+    return list(types[: len(parameters)]), [
+        (name, t) for (name, _, _), t in zip(columns, results, strict=True)
+    ]
+
+
+def _function(name: str, arguments: list[str], returns: str, body: str) -> str:
     return (
-        f"CREATE FUNCTION {statement.routine}({', '.join(arguments)}) RETURNS {returns}\n"
+        f"CREATE FUNCTION {name}({', '.join(arguments)}) RETURNS {returns}\n"
         f"LANGUAGE plpgsql VOLATILE SECURITY INVOKER {SETTINGS}\n"
         f"AS {_QUOTE}\n#variable_conflict use_column\nBEGIN\n{body}\nEND\n{_QUOTE}"
     )
+
+
+def _table(columns: list[tuple[str, str]]) -> str:
+    return "TABLE (" + ", ".join(f"{_quoted(name)} {t}" for name, t in columns) + ")"
+
+
+def definition(conn: Connection, statement: Statement) -> str:
+    """CREATE FUNCTION for `statement`, with the types the server infers for it."""
+    arguments, columns = _signature(conn, statement)
+    if _QUOTE in statement.numbered:
+        raise ValueError(f"{statement.routine}: the statement contains {_QUOTE}")
+    if columns:
+        returns, body = _table(columns), f"RETURN QUERY {statement.numbered.strip()};"
+    else:
+        returns, body = "void", f"{statement.numbered.strip()};"
+    return _function(statement.routine, arguments, returns, body)
+
+
+def group_definition(conn: Connection, group: Group) -> str:
+    """CREATE FUNCTION for `group`: each member's routine called in turn, with its own arguments,
+    its rows placed in its own columns (`metering.db.sql.Group`). Each member sees what its own
+    call would: in READ COMMITTED its statement takes a snapshot when it starts, after the members
+    before it (so the reads see what the lock's previous holder committed)."""
+    signatures = [_signature(conn, member) for member in group.statements]
+    if not all(columns for _, columns in signatures):
+        raise ValueError(f"{group.routine}: every member of a group must return rows")
+    union = [(m, name, t) for m, (_, columns) in enumerate(signatures) for name, t in columns]
+    body, first = [], 1
+    for m, (member, (arguments, _)) in enumerate(zip(group.statements, signatures, strict=True)):
+        values = [f"x.{_quoted(name)}" if owner == m else f"CAST(NULL AS {t})" for owner, name, t in union]
+        call = f"{member.routine}({', '.join(f'${n}' for n in range(first, first + len(arguments)))})"
+        body.append(f"RETURN QUERY SELECT {m}, {', '.join(values)} FROM {call} AS x;")
+        first += len(arguments)
+    arguments = [t for member_arguments, _ in signatures for t in member_arguments]
+    columns = [("#", "integer"), *((f"{m}.{name}", t) for m, name, t in union)]
+    return _function(group.routine, arguments, _table(columns), "\n".join(body))
 
 
 def install(conn: Connection) -> list[str]:
@@ -111,17 +151,18 @@ def install(conn: Connection) -> list[str]:
         )
     }
     created = []
-    for statement in statements():
-        ddl = definition(conn, statement)
+    wanted = [(s.routine, definition(conn, s)) for s in statements()]
+    wanted += [(g.routine, group_definition(conn, g)) for g in groups()]  # after their members
+    for name, ddl in wanted:
         fingerprint = hashlib.sha256(ddl.encode()).hexdigest()
-        signature, installed = existing.get(statement.routine, (None, None))
+        signature, installed = existing.get(name, (None, None))
         if installed == fingerprint:
             continue
         if signature is not None:
             conn.execute(text(f"DROP FUNCTION {signature}"))
         conn.execute(text(ddl))
-        conn.execute(text(f"COMMENT ON FUNCTION {statement.routine} IS '{fingerprint}'"))
-        created.append(statement.routine)
+        conn.execute(text(f"COMMENT ON FUNCTION {name} IS '{fingerprint}'"))
+        created.append(name)
     return created
 
 

@@ -16,6 +16,11 @@ named prepared statements, which would pin RDS Proxy connections.
 A container whose database lacks a routine (code deployed before its migration ran) sends the
 statements' text instead, and tries the routines again a minute later (`use_routines`, set by
 the engine's retry loops).
+
+Statements always fetched together can be declared a *group* (`Group`): its routine calls each
+member's routine and returns all their rows in one result, so `fetch` sends one call instead of
+one per statement (each call is parsed, planned and set up by the server: ≈ 30 µs of its CPU).
+The rows come back split per statement, exactly as the members' own calls would give them.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ _BIND = re.compile(r"(?<![:\w\x5c]):(\w+)(?!:)")
 
 ROUTINE_PREFIX = "metering_r_"
 STATEMENTS: dict[str, Statement] = {}  # routine name -> statement, for every routine
+GROUPS: dict[tuple[Statement, ...], Group] = {}  # members -> group, for every group
 
 
 class Statement:
@@ -59,13 +65,56 @@ class Statement:
         self.call = self.numbered
         if routine:  # made at import time (metering.db.routines.STATEMENT_MODULES)
             self.routine = ROUTINE_PREFIX + hashlib.sha256(self.numbered.encode()).hexdigest()[:20]
-            self.call = (
-                f"SELECT * FROM {self.routine}({', '.join(f'${n}' for n in range(1, len(names) + 1))})"
-            )
+            self.call = _numbered_call(self.routine, len(names))
             STATEMENTS.setdefault(self.routine, self)
 
     def bind(self, params: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
         return self.call if routines_in_use() else self.numbered, tuple(params[name] for name in self.names)
+
+
+def _numbered_call(routine: str, count: int) -> str:
+    return f"SELECT * FROM {routine}({', '.join(f'${n}' for n in range(1, count + 1))})"
+
+
+class Group:
+    """Statements fetched together, in this order, each with its own parameters (`fetch`), run by
+    one routine (`metering.db.routines` installs it after its members'). Its result has a column
+    "#" (which member a row comes from), then every member's columns, named "<member>.<column>"
+    and NULL in the rows of the other members."""
+
+    __slots__ = ("_shapes", "call", "routine", "statements")
+
+    def __init__(self, *statements: Statement) -> None:
+        if len(statements) < 2 or not all(s.routine for s in statements):
+            raise ValueError("a group is two or more statements with routines")
+        self.statements = statements
+        members = "+".join(s.routine for s in statements)
+        self.routine = ROUTINE_PREFIX + hashlib.sha256(members.encode()).hexdigest()[:20]
+        self.call = _numbered_call(self.routine, sum(len(s.names) for s in statements))
+        self._shapes: dict[tuple[str, ...], list[tuple[int, int, Any]]] = {}
+        GROUPS.setdefault(statements, self)
+
+    def bind(self, params: list[Mapping[str, Any]]) -> tuple[str, tuple[Any, ...]]:
+        return self.call, tuple(
+            p[name] for statement, p in zip(self.statements, params, strict=True) for name in statement.names
+        )
+
+    def split(self, context: Any) -> list[list[Any]]:
+        """The group's rows as each member's rows (named tuples of the member's columns)."""
+        names = tuple(c["name"] for c in context.columns)
+        shapes = self._shapes.get(names)
+        if shapes is None:  # (first column, end, row type) of each member, from the column names
+            shapes = []
+            for member in range(len(self.statements)):
+                at = [i for i, name in enumerate(names) if name.split(".", 1)[0] == str(member)]
+                columns = tuple(names[i].split(".", 1)[1] for i in at)
+                shapes.append((at[0], at[-1] + 1, _row_type(columns)._make))
+            self._shapes[names] = shapes
+        out: list[list[Any]] = [[] for _ in shapes]
+        for row in context.rows or ():
+            start, end, make = shapes[row[0]]
+            out[row[0]].append(make(row[start:end]))
+        return out
 
 
 _text_until = [0.0]  # time.monotonic() until which statements go as text (0: routines in use)
@@ -113,7 +162,11 @@ def fetch_snapshot(conn: Connection, *statements: tuple[Statement, Mapping[str, 
 def _answers(
     conn: Connection, statements: tuple[tuple[Statement, Mapping[str, Any]], ...], *, snapshot: bool
 ) -> list[list[Any]]:
-    bound = [statement.bind(params) for statement, params in statements]
+    group = GROUPS.get(tuple(statement for statement, _ in statements)) if routines_in_use() else None
+    if group is not None:
+        bound = [group.bind([params for _, params in statements])]
+    else:
+        bound = [statement.bind(params) for statement, params in statements]
     driver = _driver(conn)
     try:
         contexts = driver.snapshot(bound) if snapshot else driver.exchange(bound)
@@ -121,6 +174,8 @@ def _answers(
         raise
     except Exception as error:
         raise translated(error, bound[-1][0] if bound else "(queued statements)") from error
+    if group is not None:
+        return group.split(contexts[0])
     return [_rows(context) for context in contexts]
 
 

@@ -19,7 +19,7 @@ from uuid import UUID
 
 from sqlalchemy import Connection
 
-from metering.db.sql import Statement, fetch, fetch_one, fetch_snapshot, queue
+from metering.db.sql import Group, Statement, fetch, fetch_one, fetch_snapshot, queue
 from metering.domain.periods import PeriodSpec, SubscriptionState, resolve_period
 
 
@@ -247,6 +247,13 @@ class Pools:
 
 def _keys(pairs: Sequence[Pair]) -> dict[str, list[str]]:
     return {"users": [u for u, _ in pairs], "types": [t for _, t in pairs]}
+
+
+# Fetched together on every check and record (`load_state`, `lock_and_load`): each group is one
+# routine call on the server instead of one per statement (`metering.db.sql.Group`).
+Group(_SUBSCRIPTIONS, _PERIODS, _BALANCES)
+Group(_LOCK, _SUBSCRIPTIONS, _PERIODS, _EVENTS)
+Group(_LOCK_FREE, _SUBSCRIPTIONS, _PERIODS, _EVENTS)
 
 
 def lock_pools(conn: Connection, user_id: str, usage_type: str, period_id: UUID) -> Pools:

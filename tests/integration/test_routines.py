@@ -116,6 +116,15 @@ def test_check_and_record_send_one_routine_call_per_round_trip(monkeypatch):
     batch = calls()
     assert batch[0] == free and write in batch
     assert all(s.startswith("SELECT * FROM metering_r_") for s in batch), batch
+    # more pairs than GROUPED_PAIRS: one call per statement (the group's rows would be wide)
+    many = store.GROUPED_PAIRS + 1
+    events = [
+        {"event_id": f"m{i}", "user_id": f"m{i}", "usage_type": "ocr_tokens", "amount": 1}
+        for i in range(many)
+    ]
+    assert api.batch(events)[0] == 200
+    separate = [store._LOCK_FREE.call, store._SUBSCRIPTIONS.call, store._PERIODS.call, store._EVENTS.call]
+    assert calls()[:4] == separate
 
 
 def test_a_group_answers_with_each_members_rows_and_types(monkeypatch):

@@ -148,9 +148,14 @@ def _rows(context: Any) -> list[Any]:
     return [make(row) for row in context.rows or ()]
 
 
-def fetch(conn: Connection, *statements: tuple[Statement, Mapping[str, Any]]) -> list[list[Any]]:
-    """Run `statements` (after anything queued) in one round trip; the rows of each."""
-    return _answers(conn, statements, snapshot=False)
+def fetch(
+    conn: Connection, *statements: tuple[Statement, Mapping[str, Any]], grouped: bool = True
+) -> list[list[Any]]:
+    """Run `statements` (after anything queued) in one round trip; the rows of each. Statements
+    declared a `Group` go as one call of its routine, unless `grouped` is False: a read of many
+    rows is cheaper as separate calls, since each of the group's rows carries every member's
+    columns (NULL but for its own), ≈ 3.5 µs more per row against ≈ 30 µs saved per call."""
+    return _answers(conn, statements, snapshot=False, grouped=grouped)
 
 
 def fetch_snapshot(conn: Connection, *statements: tuple[Statement, Mapping[str, Any]]) -> list[list[Any]]:
@@ -160,9 +165,15 @@ def fetch_snapshot(conn: Connection, *statements: tuple[Statement, Mapping[str, 
 
 
 def _answers(
-    conn: Connection, statements: tuple[tuple[Statement, Mapping[str, Any]], ...], *, snapshot: bool
+    conn: Connection,
+    statements: tuple[tuple[Statement, Mapping[str, Any]], ...],
+    *,
+    snapshot: bool,
+    grouped: bool = True,
 ) -> list[list[Any]]:
-    group = GROUPS.get(tuple(statement for statement, _ in statements)) if routines_in_use() else None
+    group = None
+    if grouped and routines_in_use():
+        group = GROUPS.get(tuple(statement for statement, _ in statements))
     if group is not None:
         bound = [group.bind([params for _, params in statements])]
     else:

@@ -250,10 +250,12 @@ def _keys(pairs: Sequence[Pair]) -> dict[str, list[str]]:
 
 
 # Fetched together on every check and record (`load_state`, `lock_and_load`): each group is one
-# routine call on the server instead of one per statement (`metering.db.sql.Group`).
+# routine call on the server instead of one per statement (`metering.db.sql.Group`). A set of
+# more pairs than GROUPED_PAIRS is read by separate calls (about 3 rows per pair; see `fetch`).
 Group(_SUBSCRIPTIONS, _PERIODS, _BALANCES)
 Group(_LOCK, _SUBSCRIPTIONS, _PERIODS, _EVENTS)
 Group(_LOCK_FREE, _SUBSCRIPTIONS, _PERIODS, _EVENTS)
+GROUPED_PAIRS = 8
 
 
 def lock_pools(conn: Connection, user_id: str, usage_type: str, period_id: UUID) -> Pools:
@@ -291,6 +293,7 @@ def lock_and_load(
         (_SUBSCRIPTIONS, params),
         (_PERIODS, params),
         (_EVENTS, {"ids": list(event_ids)}),
+        grouped=len(pairs) <= GROUPED_PAIRS,
     )
     locked = [(row.user_id, row.usage_type) for row in pools] if only_free else pairs
     return _states(locked, subscriptions, periods, pools), event_rows

@@ -227,6 +227,25 @@ def test_a_database_without_the_routines_is_served_by_the_statements_text(servic
     assert len(errors) == 1
 
 
+def test_a_database_with_its_statements_routines_but_not_the_groups_is_served_too(services, monkeypatch):
+    """The deploy that introduces a group, before its migration: the members' routines exist, the
+    group's does not. The record still lands, by the statements' text, and after the migration
+    the group's routine is called."""
+    subscribe("u1", "basic")
+    group = sql.GROUPS[(store._LOCK, store._SUBSCRIPTIONS, store._PERIODS, store._EVENTS)]
+    execute(f"DROP FUNCTION {group.routine}")
+    try:
+        assert api.record("e1", "u1", "premium_voice", 10)[0] == 201
+        assert not sql.routines_in_use()
+        assert query("SELECT count(*) FROM usage_events") == [(1,)]
+    finally:
+        upgrade_to_head(services["database_url"])
+    sql.use_routines(True)
+    sent = _sent(monkeypatch)
+    assert api.record("e2", "u1", "premium_voice", 10)[0] == 201
+    assert group.call in sent
+
+
 SAMPLES = {
     "text": "'a'",
     "text[]": "'{a}'",

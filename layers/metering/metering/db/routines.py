@@ -65,7 +65,11 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _signature(conn: Connection, statement: Statement) -> tuple[list[str], list[tuple[str, str]]]:
+# Parameter types, and (name, type) of each result column.
+type Signature = tuple[list[str], list[tuple[str, str]]]
+
+
+def _signature(conn: Connection, statement: Statement) -> Signature:
     """The types the server infers for `statement`: of each parameter, and (name, type) of each
     result column."""
     driver: Any = conn.connection.driver_connection
@@ -104,9 +108,9 @@ def _table(columns: list[tuple[str, str]]) -> str:
     return "TABLE (" + ", ".join(f"{_quoted(name)} {t}" for name, t in columns) + ")"
 
 
-def definition(conn: Connection, statement: Statement) -> str:
-    """CREATE FUNCTION for `statement`, with the types the server infers for it."""
-    arguments, columns = _signature(conn, statement)
+def definition(statement: Statement, signature: Signature) -> str:
+    """CREATE FUNCTION for `statement`, with the types the server infers for it (`_signature`)."""
+    arguments, columns = signature
     if _QUOTE in statement.numbered:
         raise ValueError(f"{statement.routine}: the statement contains {_QUOTE}")
     if columns:
@@ -116,12 +120,12 @@ def definition(conn: Connection, statement: Statement) -> str:
     return _function(statement.routine, arguments, returns, body)
 
 
-def group_definition(conn: Connection, group: Group) -> str:
+def group_definition(group: Group, signatures: list[Signature]) -> str:
     """CREATE FUNCTION for `group`: each member's routine called in turn, with its own arguments,
     its rows placed in its own columns (`metering.db.sql.Group`). Each member sees what its own
     call would: in READ COMMITTED its statement takes a snapshot when it starts, after the members
-    before it (so the reads see what the lock's previous holder committed)."""
-    signatures = [_signature(conn, member) for member in group.statements]
+    before it (so the reads see what the lock's previous holder committed). `signatures`: the
+    members', in order."""
     if not all(columns for _, columns in signatures):
         raise ValueError(f"{group.routine}: every member of a group must return rows")
     union = [(m, name, t) for m, (_, columns) in enumerate(signatures) for name, t in columns]
@@ -151,8 +155,11 @@ def install(conn: Connection) -> list[str]:
         )
     }
     created = []
-    wanted = [(s.routine, definition(conn, s)) for s in statements()]
-    wanted += [(g.routine, group_definition(conn, g)) for g in groups()]  # after their members
+    signatures = {s.routine: _signature(conn, s) for s in statements()}  # one Describe each
+    wanted = [(s.routine, definition(s, signatures[s.routine])) for s in statements()]
+    wanted += [  # after their members
+        (g.routine, group_definition(g, [signatures[s.routine] for s in g.statements])) for g in groups()
+    ]
     for name, ddl in wanted:
         fingerprint = hashlib.sha256(ddl.encode()).hexdigest()
         signature, installed = existing.get(name, (None, None))

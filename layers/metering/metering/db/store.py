@@ -288,7 +288,7 @@ def lock_and_load(
         conn,
         (
             _LOCK_FREE if only_free else _LOCK,
-            {"users": [u for u, _ in pairs], "types": [t for _, t in pairs]},
+            _keys(pairs),
         ),
         (_SUBSCRIPTIONS, params),
         (_PERIODS, params),

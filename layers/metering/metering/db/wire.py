@@ -289,31 +289,26 @@ class PipelinedConnection(legacy.Connection):
         pg8000 reads each message's header and body with two calls and two copies; a message that
         is not buffered whole is read pg8000's way. Nothing past ReadyForQuery is consumed."""
         sock, handlers, last = self._sock, self.message_types, len(contexts) - 1
-        index = 0
-        while True:
-            chunk, pos = _buffered(sock), 0
-            size = len(chunk)
-            while size - pos >= 5:
-                code, length = _ci_unpack_from(chunk, pos)
+        index, code = 0, None
+        while code != core.READY_FOR_QUERY:
+            chunk = _buffered(sock)
+            buffered = len(chunk) >= 5 and 1 + _ci_unpack_from(chunk, 0)[1] <= len(chunk)
+            if not buffered:  # the next message is not buffered whole: read just it
+                header = core._read(sock, 5)
+                chunk = header + core._read(sock, core.ci_unpack(header)[1] - 4)
+            pos, size = 0, len(chunk)
+            while size - pos >= 5 and code != core.READY_FOR_QUERY:
+                kind, length = _ci_unpack_from(chunk, pos)
                 end = pos + 1 + length
                 if end > size:
                     break
+                code = kind
                 handlers[code](chunk[pos + 5 : end], contexts[index])
                 pos = end
-                if code == core.READY_FOR_QUERY:
-                    sock.read(pos)
-                    return
                 if code in _ADVANCE and index < last:
                     index += 1
-            if pos:
+            if buffered:
                 sock.read(pos)  # what was handled leaves the buffer (already there: no wait)
-                continue
-            code, length = core.ci_unpack(core._read(sock, 5))
-            handlers[code](core._read(sock, length - 4), contexts[index])
-            if code == core.READY_FOR_QUERY:
-                return
-            if code in _ADVANCE and index < last:
-                index += 1
 
     def handle_ROW_DESCRIPTION(self, data: bytes, context: core.Context) -> None:
         """pg8000 decodes every row description field by field; the same statement always gets

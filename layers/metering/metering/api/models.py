@@ -62,20 +62,44 @@ class CheckResponse(Response):
     reservations_counted: bool
 
 
-def _details_size(details: dict[str, Any] | None) -> dict[str, Any] | None:
-    if details is not None:
-        try:  # Python's JSON parser accepts NaN and Infinity; JSON (and a jsonb column) does not
-            text = json.dumps(details, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        except ValueError:
-            raise PydanticCustomError("not_json", "NaN and Infinity are not JSON numbers") from None
-        size = len(text.encode())
-        if size > DETAILS_MAX_BYTES:
-            raise PydanticCustomError(
-                "payload_too_large",
-                "details is {size} bytes, at most {limit} allowed",
-                {"size": size, "limit": DETAILS_MAX_BYTES},
-            )
-    return details
+# Compact JSON, as `details` are measured and stored: one encoder, made once (json.dumps with
+# options builds a new encoder on every call).
+compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+class JsonObject(dict[str, Any]):
+    """A request's `details` as validated, with the compact JSON text its size was measured on, so
+    that recording stores that text instead of encoding the object a second time."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, value: dict[str, Any], text: str) -> None:
+        super().__init__(value)
+        self.text = text
+
+
+def details_json(details: dict[str, Any] | None) -> str | None:
+    """The compact JSON text of `details` (kept from validation when there was one)."""
+    if details is None:
+        return None
+    return details.text if isinstance(details, JsonObject) else compact_json(details)
+
+
+def _details_checked(details: dict[str, Any] | None) -> dict[str, Any] | None:
+    if details is None:
+        return None
+    try:  # Python's JSON parser accepts NaN and Infinity; JSON (and a jsonb column) does not
+        text = compact_json(details)
+    except ValueError:
+        raise PydanticCustomError("not_json", "NaN and Infinity are not JSON numbers") from None
+    size = len(text.encode())
+    if size > DETAILS_MAX_BYTES:
+        raise PydanticCustomError(
+            "payload_too_large",
+            "details is {size} bytes, at most {limit} allowed",
+            {"size": size, "limit": DETAILS_MAX_BYTES},
+        )
+    return JsonObject(details, text)
 
 
 class UsageRequest(Request):
@@ -85,7 +109,7 @@ class UsageRequest(Request):
     amount: PositiveAmount
     reference_id: Annotated[str, Field(max_length=255)] | None = None
     description: Annotated[str, Field(max_length=1000)] | None = None
-    details: Annotated[dict[str, Any] | None, AfterValidator(_details_size)] = None
+    details: Annotated[dict[str, Any] | None, AfterValidator(_details_checked)] = None
     reservation_id: Ident | None = None
 
 

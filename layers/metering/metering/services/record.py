@@ -4,7 +4,6 @@ any number of events. metering.md "Record"."""
 from __future__ import annotations
 
 import decimal
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,7 +13,14 @@ from uuid import UUID
 from sqlalchemy import Connection, exc
 
 from metering import reservations
-from metering.api.models import BalanceOut, BreakdownOut, UsageRequest, UsageResponse
+from metering.api.models import (
+    BalanceOut,
+    BreakdownOut,
+    UsageRequest,
+    UsageResponse,
+    compact_json,
+    details_json,
+)
 from metering.db.engine import run_in_transaction, sqlstate
 from metering.db.store import (
     Entry,
@@ -123,10 +129,6 @@ _USAGE_WRITES = Writes(_USAGE_CTES)
 _EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 
 
-def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 @dataclass(frozen=True, slots=True)
 class _Stored:
     """What an event id stands for already: a stored row, or an earlier new event of this set."""
@@ -161,11 +163,11 @@ def _derive(event: UsageRequest, m: Meter, groups: dict[Any, tuple[str, str]]) -
     except TypeError:  # a list or object in a grouped field: not hashable, not remembered
         values, known = None, None
     if known is None:
-        known = (group_key(group), _dumps(group) or "{}")
+        known = (group_key(group), compact_json(group))
         if values is not None:
             groups[values] = known
     return _Derived(
-        _dumps(event.details),
+        details_json(event.details),
         known[0],
         known[1],
         label_of(spec, event.reference_id, event.details),
@@ -341,7 +343,7 @@ def _lifetime(new: list[_New]) -> dict[tuple[str, str, str], _Group]:
 
 
 def _measures_json(measures: dict[str, decimal.Decimal]) -> str:
-    return "{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{v}" for k, v in measures.items()) + "}"
+    return "{" + ",".join(f"{compact_json(k)}:{v}" for k, v in measures.items()) + "}"
 
 
 def _write(conn: Connection, new: list[_New], now: datetime) -> None:

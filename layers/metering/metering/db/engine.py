@@ -15,7 +15,7 @@ import select
 import ssl
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from typing import Any, NoReturn
 
@@ -159,21 +159,7 @@ def reset_engine() -> None:
 def run_read[T](work: Callable[[Connection], T], *, attempts: int = 2) -> T:
     """Run read-only `work` on an autocommit connection (one round trip per statement), once more
     on a fresh connection if the pooled one died unseen (e.g. the server restarted)."""
-    attempt = 0
-    while attempt < attempts:
-        attempt += 1
-        try:
-            with get_engine().connect() as conn:
-                return work(conn)
-        except OSError as error:
-            raise Unavailable("database did not answer in time, retry later") from error
-        except exc.DBAPIError as error:
-            if _routine_missing(error):  # at most once per call: not counted as an attempt
-                attempt -= 1
-                continue
-            if not (_is_disconnect(error) and attempt < attempts):
-                _raise_translated(error)
-    raise AssertionError("unreachable")
+    return _attempts(lambda: get_engine().connect(), work, attempts, retry_on=_is_disconnect)
 
 
 @contextmanager
@@ -211,11 +197,29 @@ def run_in_transaction[T](work: Callable[[Connection], T], *, attempts: int = 3)
     """Run `work` in one transaction, again from the start after a deadlock, a serialization
     failure, a lost connection or a `Retry` raised by the work. Every write of this service is
     idempotent, so a transaction whose COMMIT was lost in flight converges when it runs again."""
+    return _attempts(transaction, work, attempts, retry_on=_retryable)
+
+
+def _retryable(error: exc.DBAPIError) -> bool:
+    return _is_disconnect(error) or sqlstate(error) in RETRYABLE_SQLSTATES
+
+
+def _attempts[T](
+    connection: Callable[[], AbstractContextManager[Connection]],
+    work: Callable[[Connection], T],
+    attempts: int,
+    *,
+    retry_on: Callable[[exc.DBAPIError], bool],
+) -> T:
+    """`work` on a fresh `connection()` until it returns, at most `attempts` times: again after a
+    `Retry` or a database error `retry_on` accepts; once more, not counted, when the routines
+    turn out to be missing (`_routine_missing`). What the caller sees otherwise is translated
+    (`_raise_translated`)."""
     attempt = 0
     while attempt < attempts:
         attempt += 1
         try:
-            with transaction() as conn:
+            with connection() as conn:
                 return work(conn)
         except OSError as error:  # a socket timeout: the server is too slow or gone; don't pile on
             raise Unavailable("database did not answer in time, retry later") from error
@@ -226,8 +230,7 @@ def run_in_transaction[T](work: Callable[[Connection], T], *, attempts: int = 3)
             if _routine_missing(error):  # at most once per call: not counted as an attempt
                 attempt -= 1
                 continue
-            retryable = _is_disconnect(error) or sqlstate(error) in RETRYABLE_SQLSTATES
-            if not retryable or attempt == attempts:
+            if not (retry_on(error) and attempt < attempts):
                 _raise_translated(error)
     raise AssertionError("unreachable")
 

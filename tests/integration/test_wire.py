@@ -271,3 +271,18 @@ def test_a_message_the_server_sends_unasked_is_handled_where_it_lands(clean):
         finally:
             conn.exec_driver_sql("UNLISTEN wire_test")
             driver.notifications.clear()
+
+
+def test_describe_gives_the_inferred_types_and_survives_an_error(scratch):
+    """`describe` (what `metering migrate` builds each routine's signature from): the parameter
+    type oids and the result columns without running anything; a statement the server rejects
+    raises, and the connection answers the next statement."""
+    with get_engine().connect() as conn:
+        driver = conn.connection.driver_connection
+        parameters, columns = driver.describe("SELECT CAST($1 AS bigint) + 1 AS n, CAST($2 AS text[]) AS t")
+        assert parameters == [20, 1009]  # bigint, text[]
+        assert [(name, oid) for name, oid, _ in columns] == [("n", 20), ("t", 1009)]
+        assert driver.describe("INSERT INTO wire_scratch (k) VALUES ($1)") == ([25], [])  # text, no rows
+        with pytest.raises(Exception, match="does_not_exist_here"):
+            driver.describe("SELECT * FROM does_not_exist_here WHERE k = $1")
+        assert fetch_one(conn, Statement("SELECT CAST(:x AS int) AS x"), {"x": 7})[0].x == 7

@@ -155,8 +155,9 @@ def install(conn: Connection) -> list[str]:
         )
     }
     created = []
-    signatures = {s.routine: _signature(conn, s) for s in statements()}  # one Describe each
-    wanted = [(s.routine, definition(s, signatures[s.routine])) for s in statements()]
+    members = statements()
+    signatures = {s.routine: _signature(conn, s) for s in members}  # one Describe each
+    wanted = [(s.routine, definition(s, signatures[s.routine])) for s in members]
     wanted += [  # after their members
         (g.routine, group_definition(g, [signatures[s.routine] for s in g.statements])) for g in groups()
     ]

@@ -15,7 +15,7 @@ server stops parsing and planning them on every execution (half its CPU per reco
 named prepared statements, which would pin RDS Proxy connections.
 A container whose database lacks a routine (code deployed before its migration ran) sends the
 statements' text instead, and tries the routines again a minute later (`use_routines`, set by
-the engine's retry loops).
+the engine's attempt loop).
 
 Statements always fetched together can be declared a *group* (`Group`): its routine calls each
 member's routine and returns all their rows in one result, so `fetch` sends one call instead of
@@ -64,12 +64,17 @@ class Statement:
         self.routine = ""
         self.call = self.numbered
         if routine:  # made at import time (metering.db.routines.STATEMENT_MODULES)
-            self.routine = ROUTINE_PREFIX + hashlib.sha256(self.numbered.encode()).hexdigest()[:20]
+            self.routine = _routine_name(self.numbered)
             self.call = _numbered_call(self.routine, len(names))
             STATEMENTS.setdefault(self.routine, self)
 
     def bind(self, params: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
         return self.call if routines_in_use() else self.numbered, tuple(params[name] for name in self.names)
+
+
+def _routine_name(source: str) -> str:
+    """A routine's name: a hash of what it runs, so that different code is a different routine."""
+    return ROUTINE_PREFIX + hashlib.sha256(source.encode()).hexdigest()[:20]
 
 
 def _numbered_call(routine: str, count: int) -> str:
@@ -88,8 +93,7 @@ class Group:
         if len(statements) < 2 or not all(s.routine for s in statements):
             raise ValueError("a group is two or more statements with routines")
         self.statements = statements
-        members = "+".join(s.routine for s in statements)
-        self.routine = ROUTINE_PREFIX + hashlib.sha256(members.encode()).hexdigest()[:20]
+        self.routine = _routine_name("+".join(s.routine for s in statements))
         self.call = _numbered_call(self.routine, sum(len(s.names) for s in statements))
         self._shapes: dict[tuple[str, ...], list[tuple[int, int, Any]]] = {}
         GROUPS.setdefault(statements, self)
@@ -154,7 +158,7 @@ def fetch(
     """Run `statements` (after anything queued) in one round trip; the rows of each. Statements
     declared a `Group` go as one call of its routine, unless `grouped` is False: a read of many
     rows is cheaper as separate calls, since each of the group's rows carries every member's
-    columns (NULL but for its own), ≈ 3.5 µs more per row against ≈ 30 µs saved per call."""
+    columns (NULL but for its own), ≈ 2.4 µs more per row against ≈ 30 µs saved per call."""
     return _answers(conn, statements, snapshot=False, grouped=grouped)
 
 

@@ -268,19 +268,17 @@ class PipelinedConnection(legacy.Connection):
         core._write(self._sock, buffer)
         core._flush(self._sock)
         context = core.Context(statement)
-        parameters: list[int] = []
-        code = None
-        while code != core.READY_FOR_QUERY:
-            code, length = core.ci_unpack(core._read(self._sock, 5))
-            data = core._read(self._sock, length - 4)
-            if code == core.PARAMETER_DESCRIPTION:
-                parameters = list(struct.unpack_from(f"!{struct.unpack_from('!H', data)[0]}I", data, 2))
-            else:
-                self.message_types[code](data, context)
+        context.parameter_oids = []
+        self._read_answers([context])
         if context.error is not None:
             raise context.error
         columns = [(c["name"], c["type_oid"], c["type_modifier"]) for c in context.columns or ()]
-        return parameters, columns
+        return context.parameter_oids, columns
+
+    def handle_PARAMETER_DESCRIPTION(self, data: bytes, context: core.Context) -> None:
+        """The parameter types of a described statement (pg8000 ignores them)."""
+        count = struct.unpack_from("!H", data)[0]
+        context.parameter_oids = list(struct.unpack_from(f"!{count}I", data, 2))
 
     def _read_answers(self, contexts: list[core.Context]) -> None:
         """Hand each answer up to ReadyForQuery to pg8000's handler, advancing to the next

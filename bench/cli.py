@@ -10,13 +10,14 @@ ratios of each paired (ours, pgbench) measurement.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import containers, events, handlers, inprocess, reference, report, servers, wire
-from bench.stats import median_of, paired_ratio, spread
+from bench.stats import cpu_budget_ms, cpu_ceiling, median_of, paired_ratio, spread
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 SECTIONS = ("roundtrips", "latency", "throughput", "batch", "coldstart")
@@ -261,17 +262,45 @@ def throughput(
                     results[name]["ours"].append(pool.run(kind, total, users=MANY_USERS, **extra))
         finally:
             pool.close()
-        for entry in results.values():
+        for name, entry in results.items():
             ours = [o["events_per_s"] for o in entry["ours"]]
             ref = [x["tps"] for x in entry["reference"]]
             entry["summary"] = {
                 "ours_events_per_s": spread(ours),
                 "reference_tps": spread(ref),
                 "ratio": paired_ratio(ours, ref),
+                "target_ratio": target_ratio(name),
+                "cpu": cpu_account(entry["ours"], ref, target_ratio(name), os.cpu_count() or 1),
                 "reference_command": reference.command_line(entry["ref_kind"], n, seconds),
             }
         out[f"N={n}"] = results
     return out
+
+
+def target_ratio(workload: str) -> float:
+    """Issue 6: batches ≥ 2x the single-event reference, single events ≥ 0.5x theirs."""
+    return 2.0 if "batch" in workload else 0.5
+
+
+def cpu_account(
+    ours: list[dict[str, Any]], reference_tps: list[float], target: float, cores: int
+) -> dict[str, float | None]:
+    """What the target allows in CPU per event on this machine, what a run used, and the ratio that
+    use allows at most (every core busy), medians over the paired repeats. With the server's CPU
+    alone in place of the total, the last figure is what a client costing nothing would reach."""
+    budget = [cpu_budget_ms(cores, tps, target) for tps in reference_tps]
+    client = [o["client_cpu_ms_per_event"] for o in ours]
+    server = [o.get("server_cpu_ms_per_event") for o in ours]
+    known = [(c, s, tps) for c, s, tps in zip(client, server, reference_tps, strict=True) if s]
+    return {
+        "cores": cores,
+        "budget_ms_per_event": _median(budget),
+        "client_ms_per_event": _median(client),
+        "server_ms_per_event": _median(server),
+        "total_ms_per_event": _median([c + s for c, s, _ in known]),
+        "ceiling_ratio": _median([cpu_ceiling(cores, c + s, tps) for c, s, tps in known]),
+        "ceiling_ratio_server_only": _median([cpu_ceiling(cores, s, tps) for _, s, tps in known]),
+    }
 
 
 def build_rows(results: dict[str, Any], procs: list[int]) -> list[dict[str, Any]]:
@@ -298,7 +327,7 @@ def build_rows(results: dict[str, Any], procs: list[int]) -> list[dict[str, Any]
     for n in procs:
         for name, entry in results.get("throughput", {}).get(f"N={n}", {}).items():
             s = entry["summary"]
-            target = 2.0 if "batch" in name else 0.5
+            target = s["target_ratio"]
             rows.append(
                 row(
                     f"{name}, {n} procs",
@@ -362,7 +391,22 @@ def detail_table(results: dict[str, Any]) -> str:
                 f"server CPU {_ms(server)}/event (pgbench {_ms(ref_server)}/tx)  "
                 f"machine busy {_pct(busy)} (pgbench run {_pct(ref_busy)})"
             )
+            lines.append("      " + cpu_line(entry["summary"]))
     return "\n".join(lines)
+
+
+def cpu_line(summary: dict[str, Any]) -> str:
+    """The target as CPU per event, against what the run used (see `cpu_account`)."""
+    c = summary["cpu"]
+    needs = f"CPU: {summary['target_ratio']:g}x needs ≤ {c['budget_ms_per_event']:.2f} ms/event"
+    needs += f" on {c['cores']} cores"
+    if c["total_ms_per_event"] is None:
+        return f"{needs} (server CPU unknown)"
+    return (
+        f"{needs}; used {c['total_ms_per_event']:.2f} (client {c['client_ms_per_event']:.2f} + "
+        f"server {c['server_ms_per_event']:.2f}): at most {c['ceiling_ratio']:.2f}x with every core busy, "
+        f"{c['ceiling_ratio_server_only']:.2f}x with a client costing nothing"
+    )
 
 
 def _median(values: list[float | None]) -> float | None:

@@ -76,3 +76,15 @@ def throughput(events: int, starts: Sequence[float], ends: Sequence[float]) -> f
     if wall <= 0:
         raise ValueError("non-positive wall time")
     return events / wall
+
+
+def cpu_budget_ms(cores: int, reference_tps: float, target_ratio: float) -> float:
+    """The CPU time per event (client and server together, all cores) at which `target_ratio` x the
+    reference's rate uses every core of the machine: cores / (target x tps). A workload that needs
+    more than this per event cannot reach the target here, however its work is scheduled."""
+    return cores * 1000.0 / (target_ratio * reference_tps)
+
+
+def cpu_ceiling(cores: int, cpu_ms_per_event: float, reference_tps: float) -> float:
+    """The highest ratio to the reference that `cpu_ms_per_event` allows: every core busy, no wait."""
+    return cores * 1000.0 / cpu_ms_per_event / reference_tps

@@ -80,3 +80,32 @@ def test_table_renders_every_row():
     ]
     text = table(rows)
     assert "4.20 ms" in text and "0.45x" in text and "NO" in text and "yes" in text
+
+
+def test_cpu_budget_and_ceiling():
+    # 0.5x a 4,000 tps reference is 2,000 events/s: 2 cores give 1 ms of CPU per event
+    assert stats.cpu_budget_ms(2, 4000.0, 0.5) == 1.0
+    assert stats.cpu_budget_ms(2, 4000.0, 2.0) == 0.25
+    # 2 ms per event on 2 cores: at most 1,000 events/s, a quarter of the reference
+    assert stats.cpu_ceiling(2, 2.0, 4000.0) == 0.25
+
+
+def test_cpu_account_gives_medians_over_the_paired_repeats():
+    from bench.cli import cpu_account, cpu_line, target_ratio
+
+    ours = [
+        {"client_cpu_ms_per_event": 0.8, "server_cpu_ms_per_event": 0.7},
+        {"client_cpu_ms_per_event": 1.0, "server_cpu_ms_per_event": 0.6},
+        {"client_cpu_ms_per_event": 0.9, "server_cpu_ms_per_event": None},  # no server sample
+    ]
+    account = cpu_account(ours, [4000.0, 2000.0, 3000.0], 0.5, 2)
+    assert account["budget_ms_per_event"] == pytest.approx(4 / 3)  # the middle reference: 3,000 tps
+    assert account["client_ms_per_event"] == 0.9
+    assert account["server_ms_per_event"] == 0.7  # upper median of the two known
+    assert account["total_ms_per_event"] == pytest.approx(1.6)  # upper median of 1.5 and 1.6
+    # repeat 1: 2000 / 1.5 / 4000 = 0.33x; repeat 2: 2000 / 1.6 / 2000 = 0.625x
+    assert account["ceiling_ratio"] == pytest.approx(0.625)
+    assert account["ceiling_ratio_server_only"] == pytest.approx(2000 / 0.6 / 2000)
+    assert target_ratio("HTTP batch of 500") == 2.0 and target_ratio("single, hot user") == 0.5
+    line = cpu_line({"target_ratio": 0.5, "cpu": account})
+    assert "0.5x needs ≤ 1.33 ms/event on 2 cores" in line and "at most 0.62x" in line

@@ -183,11 +183,15 @@ def _probe(fn_dir: Path, layer: Path) -> dict[str, Any]:
 
 
 def _measure(functions: dict[str, Path], layer: Path, runs: int) -> dict[str, Any]:
-    """Median of `runs` imports per handler, after one untimed import."""
+    """Median of `runs` imports per handler, after one untimed import. The handlers take turns
+    (one import of each per round): a slow spell of the host, which can last seconds here, then
+    falls on one run of every handler rather than on every run of one handler."""
     out: dict[str, Any] = {}
-    for name, fn_dir in functions.items():
+    for fn_dir in functions.values():
         _probe(fn_dir, layer)  # untimed: the files are then in the page cache for every timed run
-        samples = [_probe(fn_dir, layer) for _ in range(runs)]
+    rounds = [{name: _probe(fn_dir, layer) for name, fn_dir in functions.items()} for _ in range(runs)]
+    for name in functions:
+        samples = [r[name] for r in rounds]
         errors = [s["error"] for s in samples if "error" in s]
         if errors:
             out[name] = {"error": errors[0]}

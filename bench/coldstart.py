@@ -135,6 +135,18 @@ def _copy_dists(dists: list[md.Distribution], target: Path) -> None:
                 shutil.copy2(src, dest)
 
 
+def _leave_out(layer: Path) -> None:
+    """What layers/metering/Makefile deletes after installing: the dev tools, and the parts of the
+    dependencies that layers/metering/prune.txt lists."""
+    listed = [line.strip() for line in (LAYER_SRC / "prune.txt").read_text().splitlines()]
+    for path in ["metering/devtools", "metering/api/openapi.py", *(p for p in listed if p and p[0] != "#")]:
+        target = layer / path
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
 def build(workdir: Path) -> tuple[Path, dict[str, Path]]:
     """Assemble the layer and the function directories as `sam build` would, without .pyc
     (the fallback when sam is not available)."""
@@ -146,6 +158,7 @@ def build(workdir: Path) -> tuple[Path, dict[str, Path]]:
     # boto3 is not a layer requirement (the runtime provides it), so the closure does not hold it
     layer_dists = _closure(_requirements(LAYER_SRC / "requirements.txt"), set())
     _copy_dists(layer_dists, layer)
+    _leave_out(layer)
     in_layer = {_key(d.metadata["Name"]) for d in layer_dists}
     functions: dict[str, Path] = {}
     for name in HANDLERS:

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import tomllib
 from collections import Counter
 from collections.abc import Iterator
@@ -687,3 +688,203 @@ def test_outputs(template: dict[str, Any]) -> None:
     assert {"Ref": "UsageQueue"} in values
     assert {"Ref": "UsageDeadLetterQueue"} in values
     assert any("${MeteringApi}" in str(v) for v in values), "API URL output"
+
+
+# ---------------------------------------------------------------------------------------------
+# the build serves requests: every handler invoked from nothing but the build (and the runtime's
+# boto3), against this worker's database and Redis. The layer leaves out parts of its
+# dependencies (layers/metering/prune.txt); this is what shows that no function needed them.
+
+PRUNED = [
+    line.strip()
+    for line in (REPO / "layers" / "metering" / "prune.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+# Invokes each (handler attribute, event) of a JSON file in order; the last line of stdout is the
+# results (Powertools prints logs and metrics before it).
+_SERVE = r"""
+import importlib, json, sys, uuid
+fn_dir, layer, runtime, calls = sys.argv[1:5]
+sys.path[:] = [fn_dir, layer, *(p for p in sys.path[1:] if p), runtime]
+app = importlib.import_module("app")
+
+class Context:
+    function_name = "BuildCheck"
+    function_version = "$LATEST"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:BuildCheck"
+    log_group_name = "/aws/lambda/BuildCheck"
+    log_stream_name = "build"
+    def __init__(self):
+        self.aws_request_id = str(uuid.uuid4())
+    def get_remaining_time_in_millis(self):
+        return 29000
+
+with open(calls) as f:
+    results = [getattr(app, attribute)(event, Context()) for attribute, event in json.load(f)]
+layer_modules = sorted(
+    name for name, m in list(sys.modules.items()) if (getattr(m, "__file__", None) or "").startswith(layer)
+)
+print("\n" + json.dumps({"results": results, "layer_modules": layer_modules}))
+"""
+
+
+def test_the_layer_leaves_out_what_prune_txt_lists(built: Path) -> None:
+    layer = _artifact(built, LAYER)
+    assert PRUNED, "prune.txt lists nothing"
+    left = [path for path in PRUNED if (layer / path).exists()]
+    assert not left, f"listed in prune.txt but still in the layer: {left}"
+    # what the service does use stays
+    for kept in (
+        "sqlalchemy/dialects/postgresql/pg8000.py",
+        "sqlalchemy/pool",
+        "sqlalchemy/ext/compiler.py",  # alembic's
+        "aws_lambda_powertools/utilities/parameters",
+        "aws_lambda_powertools/utilities/data_classes",
+        "yaml/_yaml.cpython-312-x86_64-linux-gnu.so",
+    ):
+        assert (layer / kept).exists(), f"{kept} is missing from the layer"
+
+
+def _serve(built: Path, runtime_dir: Path, fn: str, calls: list[tuple[str, Any]], env: dict[str, str]) -> Any:
+    py_bin = _py312_bin()
+    assert py_bin is not None and (py_bin / "python3.12").exists(), "python3.12 not found"
+    fn_dir, layer = _artifact(built, fn), _artifact(built, LAYER)
+    calls_file = fn_dir.parent / f"{fn}-calls.json"
+    calls_file.write_text(json.dumps(calls))
+    proc = subprocess.run(
+        [
+            str(py_bin / "python3.12"),
+            "-S",
+            "-B",
+            "-c",
+            _SERVE,
+            *map(str, (fn_dir, layer, runtime_dir, calls_file)),
+        ],
+        cwd=fn_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    _ok(proc)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "metering.db.engine" in out["layer_modules"] or fn == "StripeWebhookFunction", out["layer_modules"]
+    return out["results"]
+
+
+def _status_and_body(result: dict[str, Any]) -> tuple[int, Any]:
+    body = result.get("body")
+    return result["statusCode"], (json.loads(body) if body else None)
+
+
+def test_every_handler_serves_requests_from_the_build(
+    built: Path, runtime_dir: Path, clean: dict[str, str]
+) -> None:
+    from metering.devtools.events import sqs_event
+    from tests.support import stripe_events as se
+    from tests.support.lambda_events import http_event
+    from tests.support.state import TEST_CATALOG
+
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "POWERTOOLS_SERVICE_NAME": "metering",
+        "POWERTOOLS_METRICS_NAMESPACE": "Metering",
+        "POWERTOOLS_TRACE_DISABLED": "1",
+        "DATABASE_URL": clean["database_url"],
+        "REDIS_URL": clean["redis_url"],
+        "METERING_CATALOG": str(TEST_CATALOG),
+        "STRIPE_WEBHOOK_SECRET": se.SECRET,
+    }
+    user = "build-user"
+
+    # a top-up pack bought through Stripe: 1,000 purchased premium_voice units
+    paid = se.event(
+        "checkout.session.completed",
+        se.checkout_session("cs_build", mode="payment", user_id=user, pack="voice_1k"),
+        int(time.time()),
+    )
+    body = se.payload_of(paid)
+    webhook = http_event(
+        "POST", "/v1/stripe/webhook", raw_body=body, headers={"Stripe-Signature": se.sign(body)}, iam=False
+    )
+    unsigned = http_event("POST", "/v1/stripe/webhook", raw_body=body, iam=False)
+    calls: list[tuple[str, Any]] = [("lambda_handler", webhook), ("lambda_handler", unsigned)]
+    results = _serve(built, runtime_dir, "StripeWebhookFunction", calls, env)
+    assert _status_and_body(results[0]) == (200, {"status": "ok"})
+    assert _status_and_body(results[1])[0] == 400
+
+    usage = {"event_id": "build-e1", "user_id": user, "usage_type": "premium_voice", "amount": 300}
+    check = http_event("POST", "/v1/check", {"user_id": user, "usage_type": "premium_voice", "amount": 300})
+    release = http_event(
+        "DELETE",
+        f"/v1/users/{user}/reservations/none",
+        route="/v1/users/{user_id}/reservations/{reservation_id}",
+        path_parameters={"user_id": user, "reservation_id": "none"},
+    )
+    calls = [("lambda_handler", check), ("lambda_handler", release)]
+    results = _serve(built, runtime_dir, "CheckFunction", calls, env)
+    status, answer = _status_and_body(results[0])
+    assert status == 200 and answer["allowed"] is True, answer
+    assert _status_and_body(results[1])[0] == 404
+
+    calls = [
+        ("lambda_handler", http_event("POST", "/v1/usage", usage)),
+        ("lambda_handler", http_event("POST", "/v1/usage", usage)),  # the same event again
+        ("lambda_handler", http_event("POST", "/v1/usage", {**usage, "event_id": "build-e2", "amount": 0})),
+        (
+            "lambda_handler",
+            http_event(
+                "POST", "/v1/usage/batch", {"events": [{**usage, "event_id": "build-b1", "amount": 10}]}
+            ),
+        ),
+        (
+            "lambda_handler",
+            http_event(
+                "POST",
+                f"/v1/users/{user}/adjustments",
+                {
+                    "adjustment_id": "build-a1",
+                    "usage_type": "premium_voice",
+                    "pool": "purchased",
+                    "delta": 5,
+                    "reason": "goodwill",
+                },
+                route="/v1/users/{user_id}/adjustments",
+                path_parameters={"user_id": user},
+            ),
+        ),
+    ]
+    results = _serve(built, runtime_dir, "RecordFunction", calls, env)
+    recorded, replayed, invalid, batch, adjusted = map(_status_and_body, results)
+    assert recorded[0] == 201 and recorded[1]["breakdown"]["from_purchased"] == 300, recorded
+    assert replayed[0] == 200 and replayed[1]["duplicate"] is True, replayed
+    assert invalid[0] == 400 and "amount" in json.dumps(invalid[1]), invalid
+    assert batch[0] == 200 and batch[1]["results"][0]["status"] == "recorded", batch
+    assert adjusted[0] == 201 and adjusted[1]["balance"]["purchased"] == 1000 - 300 - 10 + 5, adjusted
+
+    queued = sqs_event([{**usage, "event_id": "build-q1", "amount": 20}])
+    results = _serve(built, runtime_dir, "RecordQueueFunction", [("queue_handler", queued)], env)
+    assert results == [{"batchItemFailures": []}]
+
+    summary = http_event(
+        "GET",
+        f"/v1/users/{user}/summary",
+        route="/v1/users/{user_id}/summary",
+        path_parameters={"user_id": user},
+    )
+    results = _serve(built, runtime_dir, "SummaryFunction", [("lambda_handler", summary)], env)
+    status, answer = _status_and_body(results[0])
+    assert status == 200 and answer["usage_types"]["premium_voice"]["purchased"] == 675, answer
+
+    calls = [("lambda_handler", {"action": "migrate"}), ("lambda_handler", {"action": "reconcile"})]
+    results = _serve(built, runtime_dir, "MaintenanceFunction", calls, env)
+    assert results[0]["action"] == "migrate" and results[0]["revision"], results
+    assert results[1] == {"action": "reconcile", "clean": True, "drifts": 0}, results

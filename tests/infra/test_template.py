@@ -6,8 +6,10 @@ the import checks run). Missing tools fail the tests; they are never skipped.
 
 `sam build` runs once per module; its output is then checked as Lambda would load it: bytecode
 compiled at build time for every module, alembic only in the maintenance function, every
-requirement satisfied by the function and the layer together, and each handler importing in a
-bare CPython 3.12 from nothing but the build (and the runtime's boto3) without compiling a module.
+requirement satisfied by the function and the layer together, each handler importing in a
+bare CPython 3.12 from nothing but the build (and the runtime's boto3) without compiling a module,
+and serving requests from it against this worker's database (the layer leaves out the parts of
+its dependencies that layers/metering/prune.txt lists).
 """
 
 from __future__ import annotations
@@ -351,31 +353,35 @@ def runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield path
 
 
-@pytest.mark.parametrize("fn", ALL_FUNCTIONS)
-def test_handler_imports_from_the_build_without_compiling(built: Path, runtime_dir: Path, fn: str) -> None:
+_LAMBDA_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "POWERTOOLS_SERVICE_NAME": "metering",
+    "POWERTOOLS_METRICS_NAMESPACE": "Metering",
+}
+
+
+def _run_in_build(
+    built: Path, runtime_dir: Path, fn: str, script: str, args: list[str], env: dict[str, str]
+) -> Any:
+    """`script` in a bare python3.12 -S -B with fn's directory, the layer and the runtime's
+    packages as its arguments (then `args`); the last line of its stdout, as JSON."""
     py_bin = _py312_bin()
     assert py_bin is not None and (py_bin / "python3.12").exists(), "python3.12 not found"
     fn_dir, layer = _artifact(built, fn), _artifact(built, LAYER)
-    mode = "migrate" if fn == "MaintenanceFunction" else "api"
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "POWERTOOLS_SERVICE_NAME": "metering",
-        "POWERTOOLS_METRICS_NAMESPACE": "Metering",
-    }
     proc = subprocess.run(
         [
             str(py_bin / "python3.12"),
             "-S",
             "-B",
             "-c",
-            _PROBE,
+            script,
             str(fn_dir),
             str(layer),
             str(runtime_dir),
-            mode,
+            *args,
         ],
         cwd=fn_dir,
         env=env,
@@ -385,7 +391,14 @@ def test_handler_imports_from_the_build_without_compiling(built: Path, runtime_d
         check=False,
     )
     _ok(proc)
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("fn", ALL_FUNCTIONS)
+def test_handler_imports_from_the_build_without_compiling(built: Path, runtime_dir: Path, fn: str) -> None:
+    fn_dir, layer = _artifact(built, fn), _artifact(built, LAYER)
+    mode = "migrate" if fn == "MaintenanceFunction" else "api"
+    result = _run_in_build(built, runtime_dir, fn, _PROBE, [mode], _LAMBDA_ENV)
 
     handler_file, handler_pyc = result["handler"]
     assert handler_file == str(fn_dir / "app.py"), f"{fn}: handler loaded from {handler_file}"
@@ -748,30 +761,10 @@ def test_the_layer_leaves_out_what_prune_txt_lists(built: Path) -> None:
 
 
 def _serve(built: Path, runtime_dir: Path, fn: str, calls: list[tuple[str, Any]], env: dict[str, str]) -> Any:
-    py_bin = _py312_bin()
-    assert py_bin is not None and (py_bin / "python3.12").exists(), "python3.12 not found"
-    fn_dir, layer = _artifact(built, fn), _artifact(built, LAYER)
-    calls_file = fn_dir.parent / f"{fn}-calls.json"
+    calls_file = _artifact(built, fn).parent / f"{fn}-calls.json"
     calls_file.write_text(json.dumps(calls))
-    proc = subprocess.run(
-        [
-            str(py_bin / "python3.12"),
-            "-S",
-            "-B",
-            "-c",
-            _SERVE,
-            *map(str, (fn_dir, layer, runtime_dir, calls_file)),
-        ],
-        cwd=fn_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    _ok(proc)
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert "metering.db.engine" in out["layer_modules"] or fn == "StripeWebhookFunction", out["layer_modules"]
+    out = _run_in_build(built, runtime_dir, fn, _SERVE, [str(calls_file)], env)
+    assert "metering" in out["layer_modules"], f"{fn}: metering not loaded from the layer"
     return out["results"]
 
 
@@ -789,14 +782,9 @@ def test_every_handler_serves_requests_from_the_build(
     from tests.support.state import TEST_CATALOG
 
     env = {
-        "PATH": "/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **_LAMBDA_ENV,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
-        "POWERTOOLS_SERVICE_NAME": "metering",
-        "POWERTOOLS_METRICS_NAMESPACE": "Metering",
         "POWERTOOLS_TRACE_DISABLED": "1",
         "DATABASE_URL": clean["database_url"],
         "REDIS_URL": clean["redis_url"],

@@ -1,7 +1,9 @@
 """MaintenanceFunction: schema migrations and the scheduled reconciliation (no HTTP route).
 
 Events:
-- `{"action": "migrate"}`: invoked by hand (or by the deploy pipeline) after each deploy;
+- `{"action": "migrate"}`: invoked by hand (or by the deploy pipeline) after each deploy; with
+  `"drop_other_routines": true` also drops the routines of older code versions (once no older
+  code runs);
 - `{"action": "reconcile"}` (optionally with `"user_id"`): the daily schedule in template.yaml.
 
 Each action's module is imported only when that action runs.
@@ -21,11 +23,15 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     action = event.get("action") if isinstance(event, dict) else None
 
     if action == "migrate":
-        from metering.db.migrate import upgrade_to_head
+        from metering.db.migrate import migrate
 
-        revision = upgrade_to_head()
-        logger.info("database migrated", extra={"revision": revision})
-        return {"action": "migrate", "revision": str(revision)}
+        done = migrate(drop_other_routines=event.get("drop_other_routines") is True)
+        logger.info("database migrated", extra={"revision": done.revision, "dropped": done.dropped_routines})
+        return {
+            "action": "migrate",
+            "revision": done.revision,
+            "dropped_routines": len(done.dropped_routines),
+        }
 
     if action == "reconcile":
         from metering.services.reconcile import reconcile

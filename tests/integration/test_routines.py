@@ -375,3 +375,68 @@ def _full_scans(conn, big: set[str]) -> dict[str, list[str]]:
         if full_scans:
             found[statement.text] = full_scans
     return found
+
+
+def _stale_routines() -> list[str]:
+    """Routines as an older code version would have left them (other hashes), and a function of
+    the operator's own whose name merely starts like ours."""
+    old = [f"{sql.ROUTINE_PREFIX}{n:020x}" for n in (1, 2)]
+    execute(f"CREATE FUNCTION {old[0]}(text) RETURNS int LANGUAGE sql AS 'SELECT 1'")
+    execute(f"CREATE FUNCTION {old[1]}(bigint[], uuid) RETURNS void LANGUAGE plpgsql AS 'BEGIN END'")
+    execute("CREATE OR REPLACE FUNCTION metering_rollup(int) RETURNS int LANGUAGE sql AS 'SELECT 1'")
+    return old
+
+
+def test_routines_of_other_code_versions_stay_until_dropped_once_the_deploy_is_done(services, monkeypatch):
+    from metering.db.migrate import migrate
+
+    subscribe("u1", "basic")
+    old = _stale_routines()
+    ours = {s.routine for s in routines.statements()} | {g.routine for g in routines.groups()}
+    try:
+        assert migrate(services["database_url"]).dropped_routines == []  # a deploy may still run them
+        assert set(old) <= set(_installed())
+        done = migrate(services["database_url"], drop_other_routines=True)
+        assert done.dropped_routines == old
+        assert set(_installed()) == ours
+        assert query("SELECT count(*) FROM pg_proc WHERE proname = 'metering_rollup'") == [(1,)]
+        assert migrate(services["database_url"], drop_other_routines=True).dropped_routines == []
+        sent = _sent(monkeypatch)
+        assert api.record("e1", "u1", "premium_voice", 10)[0] == 201
+        # this version's routines still serve: every statement sent is BEGIN, COMMIT or a call
+        assert sql.routines_in_use() and sent, sent
+        assert all(s in ("BEGIN", "COMMIT") or s.startswith("SELECT * FROM metering_r_") for s in sent), sent
+    finally:
+        execute("DROP FUNCTION IF EXISTS metering_rollup(int)")
+
+
+def test_migrate_drops_other_versions_routines_from_the_command_line_and_the_maintenance_function(services):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from metering.devtools.context import make_context
+    from metering.devtools.template import functions, load_handler
+
+    _stale_routines()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "metering", "migrate", "--drop-other-routines"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "DATABASE_URL": services["database_url"]},
+        )
+        assert done.returncode == 0, done.stderr
+        assert "dropped 2 routines of other code versions" in done.stdout, done.stdout
+        old = _stale_routines()  # again, for the maintenance function
+        template = Path(__file__).resolve().parents[2] / "template.yaml"
+        maintenance = load_handler(functions(template)["MaintenanceFunction"])
+        context = make_context("MaintenanceFunction")
+        result = maintenance({"action": "migrate"}, context)
+        assert result["dropped_routines"] == 0 and set(old) <= set(_installed())
+        result = maintenance({"action": "migrate", "drop_other_routines": True}, context)
+        assert result["dropped_routines"] == 2, result
+    finally:
+        execute("DROP FUNCTION IF EXISTS metering_rollup(int)")

@@ -1,5 +1,6 @@
 """`metering migrate`: bring the database to the latest schema with Alembic, then install the
-routines of this code version's statements (`metering.db.routines`); idempotent.
+routines of this code version's statements (`metering.db.routines`); idempotent. With
+`--drop-other-routines`, also drop the routines older code versions installed.
 
 Migrations ship inside the package, so a migration Lambda (functions/maintenance) can run them with
 nothing but the layer. Concurrent runs serialize on a transaction-scoped advisory lock (never a
@@ -9,6 +10,7 @@ session lock: that would pin an RDS Proxy connection), and all DDL runs in that 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,8 +34,21 @@ def _alembic_config() -> Config:
     return cfg
 
 
+@dataclass(frozen=True)
+class Migration:
+    revision: str  # the revision the database is at afterwards
+    dropped_routines: list[str]  # routines of other code versions dropped (when asked to)
+
+
 def upgrade_to_head(url: str | None = None) -> str:
     """Apply every pending migration; returns the revision the database is at afterwards."""
+    return migrate(url).revision
+
+
+def migrate(url: str | None = None, *, drop_other_routines: bool = False) -> Migration:
+    """Apply every pending migration and install this code version's routines; with
+    `drop_other_routines`, also drop those of other code versions (`routines.drop_others`), in the
+    same transaction."""
     from alembic import command
     from alembic.runtime.migration import MigrationContext
 
@@ -50,9 +65,10 @@ def upgrade_to_head(url: str | None = None) -> str:
             command.upgrade(cfg, "head")
             revision = MigrationContext.configure(conn).get_current_revision()
             routines.install(conn)  # the statements of this code version, on the schema just made
+            dropped = routines.drop_others(conn) if drop_other_routines else []
     finally:
         engine.dispose()
-    return revision or ""
+    return Migration(revision or "", dropped)
 
 
 def head_revision() -> str:
@@ -63,9 +79,17 @@ def head_revision() -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="database URL (default: DATABASE_URL / DB_* settings)")
+    parser.add_argument(
+        "--drop-other-routines",
+        action="store_true",
+        help="also drop the routines of other code versions: once a deploy has finished (a container "
+        "still running older code would send its statements' text instead)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    revision = upgrade_to_head(args.url)
-    print(f"database at revision {revision} (head {head_revision()})")
+    done = migrate(args.url, drop_other_routines=args.drop_other_routines)
+    print(f"database at revision {done.revision} (head {head_revision()})")
+    if args.drop_other_routines:
+        print(f"dropped {len(done.dropped_routines)} routines of other code versions")
     return 0

@@ -11,7 +11,8 @@ the statement's text:
 
 - The function is named after a hash of the statement's text, so code and database cannot drift
   apart: changed SQL is a new routine, installed by the migration that ships with it, and the
-  routines of the code still running during a deploy stay until they are dropped by hand.
+  routines of the code still running during a deploy stay until `drop_others` (`metering
+  migrate --drop-other-routines`, once the deploy is done).
 - Parameter and result types are what the server infers for the statement itself (a Describe,
   nothing run), so a routine answers with exactly the columns and types the statement would.
 - Each runs with `plan_cache_mode = force_generic_plan` (a setting of the function, restored when
@@ -140,10 +141,9 @@ def group_definition(group: Group, signatures: list[Signature]) -> str:
     return _function(group.routine, arguments, _table(columns), "\n".join(body))
 
 
-def install(conn: Connection) -> list[str]:
-    """Create every statement's routine that is missing or differs (in the caller's transaction,
-    the migration's); returns the routines created. Routines of other code versions are left."""
-    existing = {
+def _installed(conn: Connection) -> dict[str, tuple[str, str | None]]:
+    """Every routine in the database, of any code version: name -> (signature, fingerprint)."""
+    return {
         row.name: (row.signature, row.fingerprint)
         for row in conn.execute(
             text(
@@ -154,6 +154,13 @@ def install(conn: Connection) -> list[str]:
             {"prefix": ROUTINE_PREFIX.replace("_", r"\_") + "%"},
         )
     }
+
+
+def install(conn: Connection) -> list[str]:
+    """Create every statement's routine that is missing or differs (in the caller's transaction,
+    the migration's); returns the routines created. Routines of other code versions are left:
+    code still running during a deploy calls them (`drop_others` removes them afterwards)."""
+    existing = _installed(conn)
     created = []
     members = statements()
     signatures = {s.routine: _signature(conn, s) for s in members}  # one Describe each
@@ -180,3 +187,16 @@ def missing(error: Exception) -> bool:
     args = getattr(orig, "args", ())
     fields = args[0] if args and isinstance(args[0], dict) else {}
     return fields.get("C") == "42883" and ROUTINE_PREFIX in str(fields.get("M", ""))
+
+
+def drop_others(conn: Connection) -> list[str]:
+    """Drop the routines of other code versions (in the caller's transaction); returns their names.
+    For after a deploy has finished: a container still running older code would find its routines
+    missing and send its statements' text instead (correct, slower, logged)."""
+    ours = {s.routine for s in statements()} | {g.routine for g in groups()}
+    dropped = []
+    for name, (signature, _) in sorted(_installed(conn).items()):
+        if name not in ours:
+            conn.execute(text(f"DROP FUNCTION {signature}"))
+            dropped.append(name)
+    return dropped

@@ -200,6 +200,9 @@ ASSEMBLED_SQL = {
     # the routines' DDL (metering.db.routines): the statements' own text (module constants), type
     # names the server inferred for them, a hash of the text as the name, and a hash as comment
     ("db/routines.py", "install"): "CREATE/DROP/COMMENT of the statements' routines",
+    # DROP of routines other code versions installed: each signature is the server's own
+    # regprocedure text (identifiers quoted by PostgreSQL) of a pg_proc row named metering_r_…
+    ("db/routines.py", "drop_others"): "DROP of other versions' routines, by their regprocedure",
 }
 
 

@@ -25,7 +25,10 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if action == "migrate":
         from metering.db.migrate import migrate
 
-        done = migrate(drop_other_routines=event.get("drop_other_routines") is True)
+        drop = event.get("drop_other_routines", False)
+        if not isinstance(drop, bool):
+            raise ValueError(f"drop_other_routines must be true or false, not {drop!r}")
+        done = migrate(drop_other_routines=drop)
         logger.info("database migrated", extra={"revision": done.revision, "dropped": done.dropped_routines})
         return {
             "action": "migrate",

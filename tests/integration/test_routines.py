@@ -436,6 +436,9 @@ def test_migrate_drops_other_versions_routines_from_the_command_line_and_the_mai
         context = make_context("MaintenanceFunction")
         result = maintenance({"action": "migrate"}, context)
         assert result["dropped_routines"] == 0 and set(old) <= set(_installed())
+        with pytest.raises(ValueError, match="drop_other_routines must be true or false"):
+            maintenance({"action": "migrate", "drop_other_routines": "yes"}, context)
+        assert set(old) <= set(_installed())  # nothing ran
         result = maintenance({"action": "migrate", "drop_other_routines": True}, context)
         assert result["dropped_routines"] == 2, result
     finally:

@@ -1,25 +1,14 @@
 """`python -m metering migrate` and `reconcile` as an operator runs them."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from tests.support import api
+from tests.support.cli import metering
 from tests.support.state import query, subscribe, use_test_catalog
-
-
-def metering(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "metering", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def test_migrate_twice_on_a_fresh_database(services):

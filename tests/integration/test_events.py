@@ -2,9 +2,6 @@
 `sam local invoke`), with the outcome a real delivery of it would have."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +9,7 @@ import pytest
 from metering.devtools.context import make_context
 from metering.devtools.template import functions, load_handler
 from tests.support import api
+from tests.support.cli import metering
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
@@ -105,14 +103,7 @@ def test_maintenance_events(clean):
 
 
 def test_invoke_command_runs_an_event_file(clean):
-    done = subprocess.run(
-        [sys.executable, "-m", "metering", "invoke", "RecordFunction", "events/record_usage.json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ),
-    )
+    done = metering("invoke", "RecordFunction", "events/record_usage.json", cwd=ROOT)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["statusCode"] == 201 and json.loads(result["body"])["event_id"] == "job-123"

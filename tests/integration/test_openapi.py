@@ -2,8 +2,6 @@
 `make dev`."""
 
 import json
-import subprocess
-import sys
 import threading
 import urllib.request
 from pathlib import Path
@@ -12,6 +10,7 @@ import pytest
 
 from metering.api.openapi import CONTRACT_ERRORS, build_document, handler_file, http_functions, render
 from metering.devtools.template import AUTH_IAM, AUTH_JWT, AUTH_NONE
+from tests.support.cli import metering
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "openapi.json"
@@ -116,13 +115,7 @@ def test_read_routes_document_their_models_and_parameters(document):
 
 
 def test_cli_prints_the_document():
-    result = subprocess.run(
-        [sys.executable, "-m", "metering", "openapi"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = metering("openapi", cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout == DOC.read_text(encoding="utf-8")
 

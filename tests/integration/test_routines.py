@@ -411,23 +411,15 @@ def test_routines_of_other_code_versions_stay_until_dropped_once_the_deploy_is_d
 
 
 def test_migrate_drops_other_versions_routines_from_the_command_line_and_the_maintenance_function(services):
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
     from metering.devtools.context import make_context
     from metering.devtools.template import functions, load_handler
+    from tests.support.cli import metering
 
     _stale_routines()
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "metering", "migrate", "--drop-other-routines"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={**os.environ, "DATABASE_URL": services["database_url"]},
-        )
+        done = metering("migrate", "--drop-other-routines", env={"DATABASE_URL": services["database_url"]})
         assert done.returncode == 0, done.stderr
         assert "dropped 2 routines of other code versions" in done.stdout, done.stdout
         old = _stale_routines()  # again, for the maintenance function

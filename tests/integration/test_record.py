@@ -144,14 +144,15 @@ def test_unlimited_limit_takes_everything_from_the_subscription():
 
 
 def test_usage_after_period_end_goes_to_the_assumed_next_period():
-    # The subscription's period ended an hour ago and Stripe's renewal has not arrived yet.
+    # The subscription's weekly period ended an hour ago and Stripe's renewal has not arrived yet.
+    # (Weekly: a 30-day period is also "one month" whenever the month has 30 days.)
     now = datetime.now(UTC)
     ended = now - timedelta(hours=1)
-    subscribe("u1", "basic", start=ended - timedelta(days=30), end=ended)
+    subscribe("u1", "basic", start=ended - timedelta(days=7), end=ended)
     api.record("e1", "u1", "premium_voice", 100)
     rows = query("SELECT period_start, period_end, kind, plan_id FROM periods WHERE user_id = 'u1'")
     assert [(r.period_start, r.period_end, r.kind, r.plan_id) for r in rows] == [
-        (ended, ended + timedelta(days=30), "assumed", "basic")
+        (ended, ended + timedelta(days=7), "assumed", "basic")
     ]
     (event,) = query(
         "SELECT p.kind FROM usage_events e JOIN periods p USING (period_id) WHERE event_id = 'e1'"

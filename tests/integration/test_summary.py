@@ -223,12 +223,13 @@ def test_is_canceling(cancel_at_period_end, cancel_at_days, expected):
 
 
 def test_late_renewal_reports_the_assumed_next_period():
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=31)
-    end = start + timedelta(days=30)  # ended a day ago; Stripe's renewal has not arrived
+    # a weekly period (a 30-day one is also "one month" whenever the month has 30 days)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=8)
+    end = start + timedelta(days=7)  # ended a day ago; Stripe's renewal has not arrived
     subscribe("u1", "basic", start=start, end=end)
     body = summary("u1")[1]
     assert body["plan"]["id"] == "basic"
-    assert body["period"] == {"start": iso(end), "end": iso(end + timedelta(days=30))}
+    assert body["period"] == {"start": iso(end), "end": iso(end + timedelta(days=7))}
     assert body["subscription"]["current_period_end"] == iso(end)
     api.record("e1", "u1", "premium_voice", 10)  # charged to the assumed period
     assert summary("u1")[1]["usage_types"]["premium_voice"]["used"] == 10

@@ -16,11 +16,10 @@ that the send does first counts as one of its own).
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-from metering.db.sql import ROUTINE_PREFIX
 
 
 @dataclass
@@ -119,13 +118,18 @@ class Delta:
     redis: int
     # (label, pg round trips, ms from execute to result, client CPU ms within it)
     statements: list[tuple[str, int, float, float]]
+    sql: list[str]  # the text of every statement sent through the service's driver, in order
+
+    def counts(self) -> dict[str, int]:
+        return {"db": self.pg, "redis": self.redis}
 
 
 @contextlib.contextmanager
 def measure(engine=None) -> Iterator[Delta]:  # type: ignore[no-untyped-def]
-    """Round trips made inside the block; with `engine`, also each SQL statement and its trips."""
+    """Round trips made inside the block; with `engine`, also each SQL statement and its trips.
+    (Tests use it too: `tests/integration/test_round_trips.py`.)"""
     counter = install()
-    delta = Delta(0, 0, [])
+    delta = Delta(0, 0, [], [])
     pg0, redis0 = counter.snapshot()
     real_exchange = None
     if engine is not None:
@@ -135,6 +139,7 @@ def measure(engine=None) -> Iterator[Delta]:  # type: ignore[no-untyped-def]
 
         def exchange(self, statements):  # type: ignore[no-untyped-def]
             sent = [sql for sql, _ in self._queued + statements]
+            delta.sql.extend(sent)
             pg0, t0, c0 = counter.pg, time.perf_counter_ns(), time.process_time_ns()
             try:
                 return real_exchange(self, statements)
@@ -154,37 +159,15 @@ def measure(engine=None) -> Iterator[Delta]:  # type: ignore[no-untyped-def]
             driver.PipelinedConnection.exchange = real_exchange  # type: ignore[method-assign]
 
 
-def statement_label(sql: str) -> str:
-    """A short name for a statement of the service (metering.db.store and services/record.py)."""
-    words = " ".join(sql.split())
-    if ROUTINE_PREFIX in words:  # a call of a statement's routine (metering.db.routines): its text
-        from metering.db.routines import statements
-        from metering.db.sql import GROUPS, STATEMENTS
+_ROUTINE = re.compile(r"\bmetering\.(\w+)\(")
 
-        statements()  # imports every module that defines statements (and groups)
-        name = ROUTINE_PREFIX + words.split(ROUTINE_PREFIX, 1)[1].split("(", 1)[0]
-        routine = STATEMENTS.get(name)
-        if routine is not None:
-            return statement_label(routine.text) + " (routine)"
-        group = next((g for g in GROUPS.values() if g.routine == name), None)
-        if group is not None:
-            return " + ".join(statement_label(s.text) for s in group.statements) + " (one routine)"
-    known = (
-        ("INSERT INTO usage_events", "post_entries + usage rows + lifetime stats"),
-        ("SKIP LOCKED", "lock (free pairs)"),
-        ("UPDATE balances", "post_entries"),
-        ("INSERT INTO balances", "lock"),
-        ("BEGIN ISOLATION LEVEL REPEATABLE READ", "BEGIN (snapshot)"),
-        ("FROM accounts a JOIN subscriptions", "subscriptions"),
-        ("JOIN periods p", "periods"),
-        ("SELECT user_id, usage_type, rollover, purchased, version FROM balances", "balances"),
-        ("FROM usage_events WHERE event_id = ANY", "stored ids"),
-        ("INSERT INTO periods", "ensure_period"),
-    )
-    for needle, label in known:
-        if needle in words:
-            return label
-    return words[:40]
+
+def statement_label(sql: str) -> str:
+    """A short name for a statement: the routine it calls (`metering.lock_pairs_v1` ->
+    `lock_pairs_v1`), else its first words."""
+    words = " ".join(sql.split())
+    found = _ROUTINE.search(words)
+    return found.group(1) if found else words[:40]
 
 
 def calibrate(admin_url: str, redis_url: str) -> dict[str, int]:
@@ -192,7 +175,7 @@ def calibrate(admin_url: str, redis_url: str) -> dict[str, int]:
     import redis
     from sqlalchemy import create_engine, text
 
-    from metering.db.sql import Statement, fetch, fetch_one, queue
+    from metering.db.sql import Statement, fetch, queue, rows
     from metering.db.wire import dbapi
 
     counter = install()
@@ -215,7 +198,7 @@ def calibrate(admin_url: str, redis_url: str) -> dict[str, int]:
             out["pg: SELECT :x with a parameter (pg8000 unnamed extended query)"] = counter.pg - pg0
         with pipelined.connect() as conn:
             one = Statement("SELECT CAST(:x AS int) AS x")
-            fetch_one(conn, one, {"x": 1})  # connect + dialect initialisation first
+            rows(conn, one, {"x": 1})  # connect + dialect initialisation first
             pg0 = counter.pg
             fetch(conn, (one, {"x": 1}), (one, {"x": 2}))
             out["pg: two statements in one pipeline (the service's driver)"] = counter.pg - pg0
@@ -223,7 +206,7 @@ def calibrate(admin_url: str, redis_url: str) -> dict[str, int]:
             pg0 = counter.pg
             driver.lazy_begin()
             queue(conn, one, {"x": 1})
-            fetch_one(conn, one, {"x": 2})
+            rows(conn, one, {"x": 2})
             driver.lazy_commit()
             out["pg: BEGIN + queued + statement; COMMIT (the service's transaction)"] = counter.pg - pg0
         client = redis.Redis.from_url(redis_url)

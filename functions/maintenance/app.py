@@ -1,9 +1,8 @@
 """MaintenanceFunction: schema migrations and the scheduled reconciliation (no HTTP route).
 
 Events:
-- `{"action": "migrate"}`: invoked by hand (or by the deploy pipeline) after each deploy; with
-  `"drop_other_routines": true` also drops the routines of older code versions (once no older
-  code runs);
+- `{"action": "migrate"}`: invoked by hand (or by the deploy pipeline) with each deploy, before
+  the new code serves (its routines come with the schema);
 - `{"action": "reconcile"}` (optionally with `"user_id"`): the daily schedule in template.yaml.
 
 Each action's module is imported only when that action runs.
@@ -23,18 +22,11 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     action = event.get("action") if isinstance(event, dict) else None
 
     if action == "migrate":
-        from metering.db.migrate import migrate
+        from metering.db.migrate import upgrade_to_head
 
-        drop = event.get("drop_other_routines", False)
-        if not isinstance(drop, bool):
-            raise ValueError(f"drop_other_routines must be true or false, not {drop!r}")
-        done = migrate(drop_other_routines=drop)
-        logger.info("database migrated", extra={"revision": done.revision, "dropped": done.dropped_routines})
-        return {
-            "action": "migrate",
-            "revision": done.revision,
-            "dropped_routines": len(done.dropped_routines),
-        }
+        revision = upgrade_to_head()
+        logger.info("database migrated", extra={"revision": revision})
+        return {"action": "migrate", "revision": revision}
 
     if action == "reconcile":
         from metering.services.reconcile import reconcile

@@ -255,7 +255,7 @@ def test_dev_tools_stay_out_of_the_layer(built: Path) -> None:
     """No function needs the dev server, `metering invoke` or the OpenAPI builder (they read
     template.yaml); the handlers import from the build without them (test below)."""
     package = _artifact(built, LAYER) / "metering"
-    assert (package / "db" / "store.py").is_file()
+    assert (package / "db" / "ledger.py").is_file()
     assert not (package / "devtools").exists()
     assert not (package / "api" / "openapi.py").exists()
 

@@ -209,13 +209,17 @@ def test_a_settled_hold_counts_exactly_for_checks_that_read_the_database_before_
 
     from metering import reservations
     from metering.db.engine import run_read
-    from metering.db.store import load_state
+    from metering.db.ledger import pair_states
+
+    def load_state():
+        pair = ("u1", "premium_voice")
+        return run_read(lambda conn: pair_states(conn, [pair], datetime.now(UTC)))[pair]
 
     subscribe("u1", "basic")  # 5,000
     api.check("u1", "premium_voice", 2000, {"id": "doc", "ttl_seconds": 60})
-    stale = run_read(lambda conn: load_state(conn, "u1", "premium_voice", datetime.now(UTC)))
+    stale = load_state()
     assert api.record("e1", "u1", "premium_voice", 2000, reservation_id="doc")[0] == 201
-    fresh = run_read(lambda conn: load_state(conn, "u1", "premium_voice", datetime.now(UTC)))
+    fresh = load_state()
     assert fresh.version > stale.version
 
     def script(available, version):

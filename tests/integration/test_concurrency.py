@@ -204,17 +204,17 @@ def test_a_batch_takes_pairs_freed_while_it_ran_before_waiting(
         holders[user].execute(text("SELECT * FROM balances WHERE user_id = :u FOR UPDATE"), {"u": user})
 
     passes = []
-    lock_and_load = record.lock_and_load
+    lock_pairs = record.lock_pairs
 
-    def observed(conn, pairs, now, ids, *, only_free=False):
-        released = released_before_pass.get(len(passes) + 1, ()) if only_free else list(holders)
+    def observed(conn, pairs, now, ids, *, skip_locked=False):
+        released = released_before_pass.get(len(passes) + 1, ()) if skip_locked else list(holders)
         for user in released:
             holders.pop(user).rollback()
-        states, rows = lock_and_load(conn, pairs, now, ids, only_free=only_free)
-        passes.append((only_free, {u for u, _ in states}))
+        states, rows = lock_pairs(conn, pairs, now, ids, skip_locked=skip_locked)
+        passes.append((skip_locked, {u for u, _ in states}))
         return states, rows
 
-    monkeypatch.setattr(record, "lock_and_load", observed)
+    monkeypatch.setattr(record, "lock_pairs", observed)
     try:
         status, body = api.batch(
             [{"event_id": f"y-{u}", "user_id": u, "usage_type": "premium_voice", "amount": 5} for u in users]

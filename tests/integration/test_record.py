@@ -311,18 +311,18 @@ def test_a_failed_write_leaves_no_claimed_event_id(monkeypatch):
     from metering.services import record as record_service
 
     subscribe("u1", "basic")
-    real_post = record_service.post_entries
+    real_post = record_service.post_usage
 
     def fail(*args, **kwargs):
         raise RuntimeError("connection lost mid-transaction")
 
-    monkeypatch.setattr(record_service, "post_entries", fail)
+    monkeypatch.setattr(record_service, "post_usage", fail)
     status, body = api.record("e1", "u1", "premium_voice", 300)
     assert (status, body["error"]["code"]) == (500, "internal_error")
     assert query("SELECT count(*) FROM usage_events")[0][0] == 0
     assert query("SELECT count(*) FROM lifetime_stats")[0][0] == 0
 
-    monkeypatch.setattr(record_service, "post_entries", real_post)
+    monkeypatch.setattr(record_service, "post_usage", real_post)
     status, body = api.record("e1", "u1", "premium_voice", 300)
     assert (status, body["recorded"]) == (201, True)
     assert api.record("e1", "u1", "premium_voice", 300)[0] == 200

@@ -1,260 +1,209 @@
-"""The statements' routines (metering.db.routines): installed by the migration, called instead of
-the statements' text, answering exactly as the statements do, planned with index plans, and a
-database without them still served (by the statements' text)."""
+"""The hot paths' server-side routines (migration 0003, `metering.*_v1`): created by the migration,
+called by name, each statement in them reading by index, and code on a database its migration has
+not reached failing at once with a message that says what to do."""
 
-import importlib
-import json
-import time
-from datetime import UTC, datetime
+import os
+import re
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from metering.db import routines, sql, store
-from metering.db.engine import get_engine, transaction
-from metering.db.migrate import upgrade_to_head
-from metering.db.sql import Statement, fetch
-from metering.db.wire import PipelinedConnection, dbapi
+from bench import wire
+from metering.db.engine import get_engine
+from metering.db.migrate import head_revision
 from tests.support import api
 from tests.support.state import execute, query, subscribe, use_test_catalog
+
+DB_PACKAGE = Path(__file__).resolve().parents[2] / "layers" / "metering" / "metering" / "db"
+SETTINGS = ["plan_cache_mode=force_generic_plan", "random_page_cost=1.1"]
 
 
 @pytest.fixture(autouse=True)
 def catalog(clean):
     use_test_catalog()
-    yield
-    sql.use_routines(True)
 
 
-def _module_statements() -> set[str]:
-    """Every Statement held by a module of STATEMENT_MODULES (directly or by a store.Writes)."""
-    found = set()
-    for name in routines.STATEMENT_MODULES:
-        for value in vars(importlib.import_module(name)).values():
-            statement = value.statement if isinstance(value, store.Writes) else value
-            if isinstance(statement, Statement):
-                found.add(statement.routine)
-    return found
+def _called() -> set[str]:
+    """Every routine the code calls: `metering.<name>(` in the data layer's modules."""
+    names = set()
+    for module in DB_PACKAGE.glob("*.py"):
+        names |= set(re.findall(r"\bmetering\.(\w+_v\d+)\(", module.read_text()))
+    return names
 
 
-def _installed() -> dict[str, list[str]]:
-    rows = query("SELECT proname, proconfig FROM pg_proc WHERE proname LIKE 'metering\\_r\\_%'")
-    return dict(rows)
+def _routines() -> dict[str, tuple[str, list[str]]]:
+    """name -> (volatility, settings) of every function in schema metering."""
+    rows = query(
+        "SELECT proname, provolatile, proconfig FROM pg_proc WHERE pronamespace = 'metering'::regnamespace"
+    )
+    return {name: (volatility, settings) for name, volatility, settings in rows}
 
 
-def test_every_statement_of_the_service_is_a_routine_the_migration_installs(services):
-    statements = {s.routine for s in routines.statements()}
-    assert len(statements) >= 10
-    assert "" not in _module_statements()  # no statement of the service without its routine
-    assert _module_statements() <= statements
-    installed = _installed()
-    groups = {g.routine for g in routines.groups()}
-    assert len(groups) == 3
-    assert statements | groups <= set(installed)
-    settings = ["plan_cache_mode=force_generic_plan", "random_page_cost=1.1"]
-    assert all(installed[name] == settings for name in statements | groups)
-    # idempotent: a second migration finds every routine as it should be and creates none
-    engine = create_engine(services["database_url"], module=dbapi)
-    with engine.begin() as conn:
-        assert routines.install(conn) == []
-    engine.dispose()
+def test_the_migration_creates_every_routine_the_code_calls_with_its_planner_settings():
+    called = _called()
+    assert {
+        "pair_states_v1",
+        "lock_pairs_v1",
+        "usage_events_v1",
+        "ensure_period_v1",
+        "post_usage_v1",
+    } <= called
+    routines = _routines()
+    assert called <= set(routines), called - set(routines)
+    assert all(settings == SETTINGS for _, settings in routines.values()), routines
+    # the check's read is one STABLE call: everything it reads comes from one snapshot
+    assert routines["pair_states_v1"][0] == "s"
+    # and nothing of the earlier generated routines (metering_r_<hash>) is left
+    assert query("SELECT count(*) FROM pg_proc WHERE proname LIKE 'metering\\_r\\_%'") == [(0,)]
 
 
-def test_a_changed_routine_is_replaced_by_the_next_migration(services):
-    name = store._LOCK.routine
-    execute(f"DROP FUNCTION {name}")
-    execute(f"CREATE FUNCTION {name}(text[], text[]) RETURNS int LANGUAGE sql AS 'SELECT 1'")
-    upgrade_to_head(services["database_url"])
-    (returns,) = query("SELECT pg_get_function_result(oid) FROM pg_proc WHERE proname = :n", n=name)[0]
-    assert returns.startswith("TABLE(user_id text, usage_type text, rollover bigint")
-
-
-def _sent(monkeypatch) -> list[str]:
-    statements: list[str] = []
-    real = PipelinedConnection.exchange
-
-    def exchange(self, items):
-        statements.extend(s for s, _ in self._queued + items)
-        return real(self, items)
-
-    monkeypatch.setattr(PipelinedConnection, "exchange", exchange)
-    return statements
-
-
-def test_check_and_record_send_one_routine_call_per_round_trip(monkeypatch):
-    """The record's lock and reads are one call (their group's routine), its write another; the
-    check's reads one call; a batch the same. Nothing but routine calls, BEGIN and COMMIT."""
-    from metering.services import record
-
+def test_the_hot_paths_send_nothing_but_calls_of_the_routines():
     subscribe("u1", "basic")
     api.record("warm", "u1", "premium_voice", 10)
-    sent = _sent(monkeypatch)
-
-    def calls() -> list[str]:
-        out = [s for s in sent if not s.startswith(("BEGIN", "COMMIT"))]
-        sent.clear()
-        return out
-
-    write = record._USAGE_WRITES.statement.call
-    assert api.record("e1", "u1", "premium_voice", 10)[0] == 201
-    assert calls() == [
-        sql.GROUPS[(store._LOCK, store._SUBSCRIPTIONS, store._PERIODS, store._EVENTS)].call,
-        write,
-    ]
-    assert api.check("u1", "premium_voice", 10)[1]["allowed"]
-    assert calls() == [sql.GROUPS[(store._SUBSCRIPTIONS, store._PERIODS, store._BALANCES)].call]
-    assert (
-        api.batch(
-            [
-                {"event_id": f"b{i}", "user_id": f"u{i}", "usage_type": "ocr_tokens", "amount": 1}
-                for i in range(5)
-            ]
-        )[0]
-        == 200
+    with wire.measure(get_engine()) as sent:
+        assert api.check("u1", "premium_voice", 10)[0] == 200
+        assert api.record("e1", "u1", "premium_voice", 10)[0] == 201
+        assert api.record("e1", "u1", "premium_voice", 10)[0] == 200
+        assert api.record("e2", "newcomer", "premium_voice", 10)[0] == 201
+        assert (
+            api.batch(
+                [
+                    {"event_id": f"b{i}", "user_id": f"u{i % 3}", "usage_type": "premium_voice", "amount": 1}
+                    for i in range(9)
+                ]
+            )[0]
+            == 200
+        )
+    calls = [s for s in sent.sql if s not in ("BEGIN", "COMMIT")]
+    assert calls and all(re.fullmatch(r"SELECT (\* FROM )?metering\.\w+_v1\(.*\)", s, re.S) for s in calls), (
+        calls
     )
-    free = sql.GROUPS[(store._LOCK_FREE, store._SUBSCRIPTIONS, store._PERIODS, store._EVENTS)].call
-    batch = calls()
-    assert batch[0] == free and write in batch
-    assert all(s.startswith("SELECT * FROM metering_r_") for s in batch), batch
-    # more pairs than GROUPED_PAIRS: one call per statement (the group's rows would be wide)
-    many = store.GROUPED_PAIRS + 1
-    events = [
-        {"event_id": f"m{i}", "user_id": f"m{i}", "usage_type": "ocr_tokens", "amount": 1}
-        for i in range(many)
-    ]
-    assert api.batch(events)[0] == 200
-    separate = [store._LOCK_FREE.call, store._SUBSCRIPTIONS.call, store._PERIODS.call, store._EVENTS.call]
-    assert calls()[:4] == separate
 
 
-def test_a_group_answers_with_each_members_rows_and_types(monkeypatch):
-    """A group's one call gives each member exactly the rows, columns and Python types of the
-    member's own statement (its rows carry NULL in every other member's columns)."""
-    subscribe("u1", "basic")
-    for i in range(3):
-        assert api.record(f"e{i}", "u1", "premium_voice", 10 + i, details={"voice_slug": "aria"})[0] == 201
-    api.record("n1", "u2", "ocr_tokens", 1)  # a user without a subscription
-    now = datetime.now(UTC)
-    state = {"users": ["u1", "u2", "nobody"], "types": ["premium_voice", "ocr_tokens"], "now": now}
-    keys = {"users": ["u1", "u2", "nobody"], "types": ["premium_voice", "ocr_tokens", "ocr_tokens"]}
-    events = {"ids": ["e0", "e1", "e2", "n1", "missing"]}
-    group = (store._LOCK, store._SUBSCRIPTIONS, store._PERIODS, store._EVENTS)
-    assert group in sql.GROUPS
+def test_a_database_whose_migration_has_not_run_fails_the_first_call_loudly(services, capsys, monkeypatch):
+    """Code deployed before its migration: a 503 naming the fix at the first call, not a slow
+    fallback; the error is logged and counted; once migrated, the same container serves."""
+    from alembic import command
 
-    def answers() -> list[list]:
-        with transaction() as conn:
-            rows = fetch(conn, (group[0], keys), (group[1], state), (group[2], state), (group[3], events))
-        return [
-            sorted((r._replace(version=0) if hasattr(r, "version") else r) for r in member) for member in rows
-        ]
+    from metering.db.engine import reset_engine
+    from metering.db.migrate import _alembic_config, upgrade_to_head
+    from metering.db.wire import dbapi
 
-    sent = _sent(monkeypatch)
-    by_group = answers()
-    assert [s for s in sent if s.startswith("SELECT")] == [sql.GROUPS[group].call]
-    sql.use_routines(False)
-    by_text = answers()
-    assert by_group == by_text
-    assert [len(rows) for rows in by_group] == [3, 1, 2, 4]
-    for member_group, member_text in zip(by_group, by_text, strict=True):
-        assert [r._fields for r in member_group] == [r._fields for r in member_text]
-        assert [[type(v) for v in r] for r in member_group] == [[type(v) for v in r] for r in member_text]
-
-
-def test_a_routine_answers_with_the_rows_and_types_of_its_statement():
-    subscribe("u1", "basic")
-    for i in range(3):
-        assert api.record(f"e{i}", "u1", "premium_voice", 10 + i, details={"voice_slug": "aria"})[0] == 201
-    now = datetime.now(UTC)
-    params = {"users": ["u1", "nobody"], "types": ["premium_voice", "ocr_tokens"], "now": now}
-    reads = [
-        (store._SUBSCRIPTIONS, params),
-        (store._PERIODS, params),
-        (store._BALANCES, params),
-        (store._EVENTS, {"ids": ["e0", "e1", "e2", "missing"]}),
-    ]
-
-    def answers():
-        with get_engine().connect() as conn:
-            return [sorted(rows) for rows in fetch(conn, *reads)]
-
-    by_routine = answers()
-    sql.use_routines(False)
-    by_text = answers()
-    assert by_routine == by_text
-    assert [len(rows) for rows in by_routine] == [1, 1, 1, 3]
-    assert [type(v) for v in by_routine[1][0]] == [type(v) for v in by_text[1][0]]  # uuid, datetimes, int
-    # a write: the lock answers the same way, and bumps the version either way
-    with transaction() as conn:
-        (locked,) = fetch(conn, (store._LOCK, {"users": ["u1"], "types": ["premium_voice"]}))
-    sql.use_routines(True)
-    with transaction() as conn:
-        (again,) = fetch(conn, (store._LOCK, {"users": ["u1"], "types": ["premium_voice"]}))
-    assert [r._replace(version=0) for r in locked] == [r._replace(version=0) for r in again]
-    assert again[0].version == locked[0].version + 1
-
-
-def test_a_database_without_the_routines_is_served_by_the_statements_text(services, capsys, monkeypatch):
+    admin = create_engine(services["database_url"], isolation_level="AUTOCOMMIT")
+    name = "metering_behind_" + services["database_url"].rsplit("/", 1)[1][-20:]
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = services["database_url"].rsplit("/", 1)[0] + "/" + name
+    engine = create_engine(url, module=dbapi)
+    with engine.begin() as conn:  # the schema of the previous release: no routines yet
+        cfg = _alembic_config()
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+    engine.dispose()
     from metering.observability import logger
 
     errors: list[str] = []
-    monkeypatch.setattr(logger, "error", lambda message, *a, **k: errors.append(message))
-    subscribe("u1", "basic")
-    execute(
-        "DO $$ DECLARE f regprocedure; BEGIN FOR f IN SELECT oid FROM pg_proc WHERE proname LIKE 'metering\\_r\\_%'"
-        " LOOP EXECUTE 'DROP FUNCTION ' || f; END LOOP; END $$"
-    )
+    monkeypatch.setattr(logger, "error", lambda message, *args, **kwargs: errors.append(message))
+    saved = os.environ["DATABASE_URL"]
+    os.environ["DATABASE_URL"] = url
+    reset_engine()
     try:
-        assert sql.routines_in_use()
-        status, body = api.record("e1", "u1", "premium_voice", 10)  # the first call finds them missing
-        assert status == 201 and body["recorded"], body
-        assert not sql.routines_in_use()
-        assert api.check("u1", "premium_voice", 10)[1]["allowed"]
-        assert api.record("e2", "u1", "premium_voice", 5)[0] == 201
-        assert query("SELECT count(*), sum(amount) FROM usage_events")[0] == (2, 15)
-        assert len(errors) == 1 and errors[0].startswith("database routines missing"), errors
-        assert '"DatabaseRoutinesMissing"' in capsys.readouterr().out  # the metric, in the EMF blob
-        sent = _sent(monkeypatch)
-        assert api.record("e3", "u1", "premium_voice", 1)[0] == 201
-        assert not any("metering_r_" in s for s in sent)  # no new attempt for a while
-    finally:
-        upgrade_to_head(services["database_url"])
-    # a minute later the container tries them again, and finds them (the migration has run)
-    later = time.monotonic() + sql.ROUTINES_RETRY_S + 1
-    monkeypatch.setattr(sql, "_clock", lambda: later)
-    sent.clear()
-    assert api.record("e4", "u1", "premium_voice", 1)[0] == 201
-    assert sql.routines_in_use() and any("metering_r_" in s for s in sent)
-    assert len(errors) == 1
-
-
-def test_a_database_with_its_statements_routines_but_not_the_groups_is_served_too(services, monkeypatch):
-    """The deploy that introduces a group, before its migration: the members' routines exist, the
-    group's does not. The record still lands, by the statements' text, and after the migration
-    the group's routine is called."""
-    subscribe("u1", "basic")
-    group = sql.GROUPS[(store._LOCK, store._SUBSCRIPTIONS, store._PERIODS, store._EVENTS)]
-    execute(f"DROP FUNCTION {group.routine}")
-    try:
+        capsys.readouterr()
+        status, body = api.check("u1", "premium_voice", 10)
+        assert (status, body["error"]["code"]) == (503, "not_configured"), body
+        assert "run `metering migrate`" in body["error"]["message"]
+        status, body = api.record("e1", "u1", "premium_voice", 10)
+        assert (status, body["error"]["code"]) == (503, "not_configured"), body
+        assert errors == ["database schema is behind this code: run `metering migrate`"] * 2
+        assert '"DatabaseSchemaBehind"' in capsys.readouterr().out  # the metric
+        assert upgrade_to_head(url) == head_revision()
         assert api.record("e1", "u1", "premium_voice", 10)[0] == 201
-        assert not sql.routines_in_use()
-        assert query("SELECT count(*) FROM usage_events") == [(1,)]
     finally:
-        upgrade_to_head(services["database_url"])
-    sql.use_routines(True)
-    sent = _sent(monkeypatch)
-    assert api.record("e2", "u1", "premium_voice", 10)[0] == 201
-    assert group.call in sent
+        os.environ["DATABASE_URL"] = saved
+        reset_engine()
+        admin = create_engine(services["database_url"], isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+# --- every statement of every routine reads by index --------------------------------------------------
+
+
+def _body_statements(source: str, arguments: list[str], declared: dict[str, str]) -> list[str]:
+    """The SQL statements of a PL/pgSQL body (as this project writes them), with the function's
+    parameters and the local variables they initialise replaced by $n, ready to PREPARE."""
+    body = source.split("BEGIN", 1)[1].rsplit("END", 1)[0]
+    lines = [
+        line
+        for line in body.splitlines()
+        if not re.match(r"\s*(IF\b.*\bTHEN|ELSE|END IF;|#)", line) and line.strip()
+    ]
+    statements = []
+    for chunk in "\n".join(lines).split(";"):
+        sql = " ".join(chunk.split())
+        if not sql or sql.startswith(("GET DIAGNOSTICS", "RAISE")):
+            continue
+        sql = re.sub(r"^RETURN QUERY ", "", sql)
+        sql = re.sub(r"^PERFORM ", "SELECT ", sql)
+        sql = re.sub(r"(?<!INSERT )\bINTO \w+(, \w+)* FROM\b", "FROM", sql)
+        for local, parameter in declared.items():
+            sql = re.sub(rf"\b{local}\b", parameter, sql)
+        for position, name in enumerate(arguments, 1):
+            sql = re.sub(rf"\b{name}\b", f"${position}", sql)
+        statements.append(sql)
+    return statements
 
 
 SAMPLES = {
-    "text": "'a'",
-    "text[]": "'{a}'",
-    "bigint": "1",
-    "bigint[]": "'{1}'",
-    "uuid": "'00000000-0000-0000-0000-000000000000'",
-    "uuid[]": "'{00000000-0000-0000-0000-000000000000}'",
+    "text[]": "ARRAY['u1', 'u2']",
+    "bigint[]": "ARRAY[1, 2]::bigint[]",
+    "uuid[]": "ARRAY[gen_random_uuid()]",
     "timestamp with time zone": "now()",
+    "text": "'u1'",
+    "boolean": "true",
 }
+
+
+def _full_scans(conn, big: set[str]) -> dict[str, list[str]]:
+    """Per routine statement, the tables of `big` that its generic plan reads whole, planned with
+    the settings of its routine."""
+    import json
+
+    found: dict[str, list[str]] = {}
+    routines = conn.execute(
+        text(
+            "SELECT proname, prosrc, proargnames[1:pronargs], proconfig,"
+            " ARRAY(SELECT format_type(t, NULL) FROM unnest(proargtypes) AS t) AS types"
+            " FROM pg_proc WHERE pronamespace = 'metering'::regnamespace ORDER BY proname"
+        )
+    ).all()
+    for name, source, arguments, settings, types in routines:
+        declared = dict(re.findall(r"(\w+) [\w\[\]]+ := (\w+);", source.split("BEGIN", 1)[0]))
+        for number, sql in enumerate(_body_statements(source, list(arguments), declared)):
+            conn.rollback()
+            for setting in settings:
+                key, value = setting.split("=", 1)
+                conn.execute(text("SELECT set_config(:k, :v, true)"), {"k": key, "v": value})
+            conn.exec_driver_sql(f"PREPARE routine_plan ({', '.join(types)}) AS " + sql.replace("%", "%%"))
+            values = ", ".join(SAMPLES[t] for t in types)
+            (plan,) = conn.exec_driver_sql(
+                f"EXPLAIN (FORMAT JSON) EXECUTE routine_plan({values})"
+            ).scalar_one()
+            plan = json.loads(plan) if isinstance(plan, str) else plan
+            conn.rollback()
+            conn.exec_driver_sql("DEALLOCATE ALL")  # a test session: not through a proxy
+            scans = [
+                node["Relation Name"]
+                for node in _nodes(plan["Plan"] if "Plan" in plan else plan[0]["Plan"])
+                if node["Node Type"] == "Seq Scan" and node.get("Relation Name") in big
+            ]
+            if scans:
+                found[f"{name} #{number}: {sql[:80]}"] = scans
+    return found
 
 
 def _nodes(plan):
@@ -263,9 +212,34 @@ def _nodes(plan):
         yield from _nodes(child)
 
 
-def test_the_generic_plan_of_every_routine_looks_rows_up_by_index():
-    """The routines run with plan_cache_mode = force_generic_plan: on tables of many rows, no plan
-    may read a whole table (a generic plan does not know how many keys an array holds)."""
+def _tables_of_at_least(conn, rows: int) -> set[str]:
+    return {
+        name
+        for name, tuples in conn.execute(
+            text(
+                "SELECT relname, reltuples FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace"
+            )
+        )
+        if tuples >= rows
+    }
+
+
+def test_the_statements_are_read_from_the_routines_bodies():
+    """The test's reading of the bodies finds every statement (so the plan tests see them all)."""
+    with get_engine().connect() as conn:
+        source, arguments = conn.execute(
+            text("SELECT prosrc, proargnames[1:pronargs] FROM pg_proc WHERE proname = 'lock_pairs_v1'")
+        ).one()
+    declared = dict(re.findall(r"(\w+) [\w\[\]]+ := (\w+);", source.split("BEGIN", 1)[0]))
+    statements = _body_statements(source, list(arguments), declared)
+    assert [s.split()[0] for s in statements] == ["WITH", "INSERT", "SELECT"], statements
+    assert "p_users" not in " ".join(statements) and "$1" in statements[0]
+    assert statements[2] == "SELECT * FROM metering.pair_states_v1($1, $2, $3)"
+
+
+def test_on_tables_of_many_rows_every_routine_statement_reads_by_index():
+    """Generic plans (force_generic_plan) do not know how many keys an array holds: on tables of
+    many rows none may read a whole table."""
     n = 5000
     execute(
         "INSERT INTO accounts (user_id, current_subscription_id) SELECT 'x' || g, 'sub_x' || g"
@@ -316,7 +290,7 @@ def test_the_generic_plan_of_every_routine_looks_rows_up_by_index():
     engine.dispose()
 
 
-def test_on_a_new_deployments_small_tables_the_routines_still_look_rows_up_by_index():
+def test_on_a_new_deployments_small_tables_every_routine_statement_still_reads_by_index():
     """A thousand users with one event each: tables of a few pages, which PostgreSQL's default
     random_page_cost (4) would read whole rather than probe an index for the 10 keys a generic
     plan assumes; the routines' random_page_cost = 1.1 keeps every lookup on its index."""
@@ -334,104 +308,3 @@ def test_on_a_new_deployments_small_tables_the_routines_still_look_rows_up_by_in
         assert {"balances", "periods", "usage_events", "journal", "lifetime_stats"} <= big
         assert _full_scans(conn, big) == {}
     engine.dispose()
-
-
-def _tables_of_at_least(conn, rows: int) -> set[str]:
-    return {
-        name
-        for name, tuples in conn.execute(
-            text(
-                "SELECT relname, reltuples FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace"
-            )
-        )
-        if tuples >= rows
-    }
-
-
-def _full_scans(conn, big: set[str]) -> dict[str, list[str]]:
-    """Per statement, the tables of `big` that its generic plan reads whole, planned with the
-    settings its routine runs with (from the catalog)."""
-    found = {}
-    for statement in routines.statements():
-        conn.rollback()
-        arguments, settings = conn.execute(
-            text("SELECT pg_get_function_identity_arguments(oid), proconfig FROM pg_proc WHERE proname = :n"),
-            {"n": statement.routine},
-        ).one()
-        for setting in settings:
-            name, value = setting.split("=", 1)
-            conn.execute(text("SELECT set_config(:name, :value, true)"), {"name": name, "value": value})
-        values = ", ".join(SAMPLES[a.strip()] for a in arguments.split(",") if a.strip())
-        conn.exec_driver_sql("PREPARE routine_plan AS " + statement.numbered.replace("%", "%%"))
-        (plan,) = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) EXECUTE routine_plan({values})").scalar_one()
-        plan = json.loads(plan) if isinstance(plan, str) else plan
-        conn.rollback()
-        conn.exec_driver_sql("DEALLOCATE routine_plan")  # a test session: not through a proxy
-        full_scans = [
-            node["Relation Name"]
-            for node in _nodes(plan["Plan"] if "Plan" in plan else plan[0]["Plan"])
-            if node["Node Type"] == "Seq Scan" and node.get("Relation Name") in big
-        ]
-        if full_scans:
-            found[statement.text] = full_scans
-    return found
-
-
-def _stale_routines() -> list[str]:
-    """Routines as an older code version would have left them (other hashes), and a function of
-    the operator's own whose name merely starts like ours."""
-    old = [f"{sql.ROUTINE_PREFIX}{n:020x}" for n in (1, 2)]
-    execute(f"CREATE FUNCTION {old[0]}(text) RETURNS int LANGUAGE sql AS 'SELECT 1'")
-    execute(f"CREATE FUNCTION {old[1]}(bigint[], uuid) RETURNS void LANGUAGE plpgsql AS 'BEGIN END'")
-    execute("CREATE OR REPLACE FUNCTION metering_rollup(int) RETURNS int LANGUAGE sql AS 'SELECT 1'")
-    return old
-
-
-def test_routines_of_other_code_versions_stay_until_dropped_once_the_deploy_is_done(services, monkeypatch):
-    from metering.db.migrate import migrate
-
-    subscribe("u1", "basic")
-    old = _stale_routines()
-    ours = {s.routine for s in routines.statements()} | {g.routine for g in routines.groups()}
-    try:
-        assert migrate(services["database_url"]).dropped_routines == []  # a deploy may still run them
-        assert set(old) <= set(_installed())
-        done = migrate(services["database_url"], drop_other_routines=True)
-        assert done.dropped_routines == old
-        assert set(_installed()) == ours
-        assert query("SELECT count(*) FROM pg_proc WHERE proname = 'metering_rollup'") == [(1,)]
-        assert migrate(services["database_url"], drop_other_routines=True).dropped_routines == []
-        sent = _sent(monkeypatch)
-        assert api.record("e1", "u1", "premium_voice", 10)[0] == 201
-        # this version's routines still serve: every statement sent is BEGIN, COMMIT or a call
-        assert sql.routines_in_use() and sent, sent
-        assert all(s in ("BEGIN", "COMMIT") or s.startswith("SELECT * FROM metering_r_") for s in sent), sent
-    finally:
-        execute("DROP FUNCTION IF EXISTS metering_rollup(int)")
-
-
-def test_migrate_drops_other_versions_routines_from_the_command_line_and_the_maintenance_function(services):
-    from pathlib import Path
-
-    from metering.devtools.context import make_context
-    from metering.devtools.template import functions, load_handler
-    from tests.support.cli import metering
-
-    _stale_routines()
-    try:
-        done = metering("migrate", "--drop-other-routines", env={"DATABASE_URL": services["database_url"]})
-        assert done.returncode == 0, done.stderr
-        assert "dropped 2 routines of other code versions" in done.stdout, done.stdout
-        old = _stale_routines()  # again, for the maintenance function
-        template = Path(__file__).resolve().parents[2] / "template.yaml"
-        maintenance = load_handler(functions(template)["MaintenanceFunction"])
-        context = make_context("MaintenanceFunction")
-        result = maintenance({"action": "migrate"}, context)
-        assert result["dropped_routines"] == 0 and set(old) <= set(_installed())
-        with pytest.raises(ValueError, match="drop_other_routines must be true or false"):
-            maintenance({"action": "migrate", "drop_other_routines": "yes"}, context)
-        assert set(old) <= set(_installed())  # nothing ran
-        result = maintenance({"action": "migrate", "drop_other_routines": True}, context)
-        assert result["dropped_routines"] == 2, result
-    finally:
-        execute("DROP FUNCTION IF EXISTS metering_rollup(int)")

@@ -2,8 +2,8 @@
 the maintained aggregates (never a scan of the usage log)."""
 
 import pytest
-from sqlalchemy import event
 
+from bench import wire
 from tests.support import api
 from tests.support.state import query, subscribe, use_test_catalog
 
@@ -111,19 +111,10 @@ def test_served_from_the_aggregates_not_the_usage_log():
 
     seed()
     query("DELETE FROM usage_events RETURNING 1")  # the log is gone; the aggregates are not
-    statements = []
-
-    def _capture(conn, cursor, statement, parameters, context, executemany):
-        statements.append(statement)
-
-    engine = get_engine()
-    event.listen(engine, "before_cursor_execute", _capture)
-    try:
+    with wire.measure(get_engine()) as sent:
         status, body = stats("u1")
-    finally:
-        event.remove(engine, "before_cursor_execute", _capture)
     assert (status, body) == (200, EXPECTED)
-    assert len(statements) == 1 and "usage_events" not in statements[0] and "lifetime_stats" in statements[0]
+    assert len(sent.sql) == 1 and "usage_events" not in sent.sql[0] and "lifetime_stats" in sent.sql[0]
 
 
 def test_stranger_gets_every_usage_type_empty_and_nothing_is_written():

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from metering.stripe_sync import is_canceling
+from metering.domain.subscriptions import is_canceling
 from tests.support import api
 from tests.support import stripe_events as se
 from tests.support.state import assert_reconciled, use_test_catalog

@@ -357,14 +357,14 @@ def test_failure_while_renewing_is_500_and_the_retry_applies_once(monkeypatch):
 
 
 def test_failure_while_crediting_a_topup_is_500_and_the_retry_credits_once(monkeypatch):
-    from metering.stripe_sync import apply
+    from metering.db import ledger
 
     ev = handled_events()["checkout.session.async_payment_succeeded"]
 
     def broken(*args, **kwargs):
         raise RuntimeError("lost connection")
 
-    monkeypatch.setattr(apply, "post_entry", broken)
+    monkeypatch.setattr(ledger, "post_entry", broken)
     assert se.deliver(ev)[0] == 500
     assert stored() == NOTHING | {"accounts": 0}
     monkeypatch.undo()

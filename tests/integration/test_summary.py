@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
-from sqlalchemy import event
 
+from bench import wire
 from tests.support import api
 from tests.support.state import query, subscribe, use_test_catalog
 
@@ -298,18 +298,9 @@ def test_one_database_round_trip():
 
     subscribe("u1", "basic")
     api.record("e1", "u1", "premium_voice", 10)
-    statements = []
-
-    def _count(conn, cursor, statement, parameters, context, executemany):
-        statements.append(statement)
-
-    engine = get_engine()
-    event.listen(engine, "before_cursor_execute", _count)
-    try:
+    with wire.measure(get_engine()) as sent:
         assert summary("u1")[0] == 200
-    finally:
-        event.remove(engine, "before_cursor_execute", _count)
-    assert len(statements) == 1, statements
+    assert sent.pg == 1 and len(sent.sql) == 1 and "metering.pair_states_v1" in sent.sql[0], sent.sql
 
 
 def test_me_summary_acts_for_the_jwt_subject():

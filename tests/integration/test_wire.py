@@ -10,7 +10,7 @@ from pg8000 import converters, core
 from sqlalchemy import exc
 
 from metering.db.engine import get_engine, transaction
-from metering.db.sql import Statement, fetch, fetch_one, fetch_snapshot, queue
+from metering.db.sql import Statement, fetch, queue, rows
 from tests.support.state import query
 
 
@@ -63,7 +63,7 @@ def test_several_statements_in_one_round_trip_each_with_its_rows(scratch, flushe
 def test_a_transaction_sends_begin_with_its_first_statement_and_writes_with_commit(scratch, flushes):
     before = flushes["n"]
     with transaction() as conn:
-        assert fetch_one(conn, ROWS, {}) == []  # round trip 1: BEGIN + this read
+        assert rows(conn, ROWS, {}) == []  # round trip 1: BEGIN + this read
         queue(conn, INSERT, {"k": "a", "n": 1})
         queue(conn, INSERT, {"k": "b", "n": 2})
     assert flushes["n"] - before == 2  # round trip 2: both writes + COMMIT
@@ -81,7 +81,7 @@ def test_a_transaction_that_did_nothing_costs_nothing(scratch, flushes):
 
 def test_a_failing_queued_write_skips_commit_and_leaves_nothing(scratch):
     with pytest.raises(exc.DBAPIError) as raised, transaction() as conn:
-        fetch_one(conn, ROWS, {})
+        rows(conn, ROWS, {})
         queue(conn, INSERT, {"k": "a", "n": 1})
         queue(conn, INSERT, {"k": "a", "n": 2})  # duplicate key: fails, so COMMIT never runs
     assert raised.value.orig.args[0]["C"] == "23505"
@@ -112,68 +112,12 @@ def test_rows_decode_as_pg8000_decodes_them(clean):
     when = datetime(2026, 11, 24, 6, 55, 27, 120000, tzinfo=UTC)
     with get_engine().connect() as conn:
         for _ in range(2):  # the second time from the cache
-            (row,) = fetch_one(conn, values, {"a": when, "n": 7})
-            (label,) = fetch_one(conn, other, {"n": "x"})
+            (row,) = rows(conn, values, {"a": when, "n": 7})
+            (label,) = rows(conn, other, {"n": "x"})
             assert row.a == when and row.a.utcoffset() is not None
             assert row.b == "infinity"
             assert row.c == converters.timestamptz_in("2026-11-24 01:25:27.12+00")
             assert row.n == 7 and label._fields == ("label",) and label.label == "x"
-
-
-def test_a_snapshot_read_sees_one_snapshot_across_its_statements(scratch):
-    """The check's reads (pools, version, period counter) must agree: `fetch_snapshot` runs them in
-    one REPEATABLE READ transaction sent with them. The second count waits (advisory lock) until a
-    row has been committed after the first count; it must still see what the first one saw."""
-    import threading
-
-    from sqlalchemy import create_engine, text
-
-    from tests.support.state import _engine, execute
-
-    count = Statement("SELECT count(*) AS n FROM wire_scratch")
-    wait = Statement("SELECT pg_advisory_xact_lock_shared(4242) AS waited")
-    result: dict = {}
-    holder = _engine()
-    with holder.connect() as lock:
-        lock.execute(text("SELECT pg_advisory_lock(4242)"))
-
-        def read() -> None:
-            with get_engine().connect() as conn:
-                result["rows"] = fetch_snapshot(conn, (count, {}), (wait, {}), (count, {}))
-
-        reader = threading.Thread(target=read)
-        reader.start()
-        wait_for_lock_waiter = create_engine(str(holder.url))
-        try:
-            for _ in range(2000):
-                with wait_for_lock_waiter.connect() as probe:
-                    waiting = probe.execute(
-                        text(
-                            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242"
-                            " AND NOT granted"
-                            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                        )
-                    ).scalar()
-                if waiting:
-                    break
-            assert waiting, "the snapshot read never reached its second statement"
-            execute("INSERT INTO wire_scratch (k, n) VALUES ('late', 1)")  # committed
-        finally:
-            lock.execute(text("SELECT pg_advisory_unlock(4242)"))
-            reader.join(30)
-            wait_for_lock_waiter.dispose()
-    holder.dispose()
-    first, _, second = result["rows"]
-    assert first[0].n == second[0].n == 0
-    assert query("SELECT count(*) FROM wire_scratch") == [(1,)]
-
-
-def test_a_failed_snapshot_read_leaves_the_connection_idle(scratch):
-    with get_engine().connect() as conn:
-        with pytest.raises(exc.DBAPIError):
-            fetch_snapshot(conn, (ROWS, {}), (Statement("SELECT CAST(:v AS int)"), {"v": "x"}))
-        assert fetch_one(conn, ROWS, {}) == []  # autocommit again: not stuck in a failed transaction
-        assert conn.connection.driver_connection._transaction_status == core.IDLE
 
 
 @pytest.mark.parametrize(
@@ -203,7 +147,7 @@ def test_a_failed_snapshot_read_leaves_the_connection_idle(scratch):
 def test_array_parameters_arrive_exactly(clean, values, cast):
     """The record sends its rows as array parameters; every element must arrive as it was."""
     with get_engine().connect() as conn:
-        (row,) = fetch_one(conn, Statement(f"SELECT CAST(:v AS {cast}) AS v"), {"v": values})
+        (row,) = rows(conn, Statement(f"SELECT CAST(:v AS {cast}) AS v"), {"v": values})
     assert row.v == values
 
 
@@ -226,7 +170,7 @@ def test_scalar_parameters_arrive_exactly(clean):
         " CAST(:d AS numeric) AS d, CAST(:t AS timestamptz) AS t, CAST(:u AS uuid) AS u, CAST(:n AS text) AS n"
     )
     with get_engine().connect() as conn:
-        (row,) = fetch_one(conn, statement, values)
+        (row,) = rows(conn, statement, values)
     assert row._asdict() == values
 
 
@@ -239,13 +183,13 @@ def test_answers_larger_than_the_read_buffer_arrive_whole(clean, flushes):
     small = Statement("SELECT CAST(:x AS int) AS x")
     with get_engine().connect() as conn:
         before = flushes["n"]
-        first, rows, last = fetch(
+        first, spread, last = fetch(
             conn, (big, {"c": "ab", "n": 50_000}), (many, {"m": 5000}), (small, {"x": 3})
         )
         assert flushes["n"] - before == 1
-        assert [(small_row.x) for small_row in fetch_one(conn, small, {"x": 4})] == [4]
+        assert [(small_row.x) for small_row in rows(conn, small, {"x": 4})] == [4]
     assert first[0].v == "ab" * 50_000
-    assert [(r.n, r.pad) for r in rows] == [(g, "x" * (g % 50)) for g in range(1, 5001)]
+    assert [(r.n, r.pad) for r in spread] == [(g, "x" * (g % 50)) for g in range(1, 5001)]
     assert [r.x for r in last] == [3]
 
 
@@ -271,18 +215,3 @@ def test_a_message_the_server_sends_unasked_is_handled_where_it_lands(clean):
         finally:
             conn.exec_driver_sql("UNLISTEN wire_test")
             driver.notifications.clear()
-
-
-def test_describe_gives_the_inferred_types_and_survives_an_error(scratch):
-    """`describe` (what `metering migrate` builds each routine's signature from): the parameter
-    type oids and the result columns without running anything; a statement the server rejects
-    raises, and the connection answers the next statement."""
-    with get_engine().connect() as conn:
-        driver = conn.connection.driver_connection
-        parameters, columns = driver.describe("SELECT CAST($1 AS bigint) + 1 AS n, CAST($2 AS text[]) AS t")
-        assert parameters == [20, 1009]  # bigint, text[]
-        assert [(name, oid) for name, oid, _ in columns] == [("n", 20), ("t", 1009)]
-        assert driver.describe("INSERT INTO wire_scratch (k) VALUES ($1)") == ([25], [])  # text, no rows
-        with pytest.raises(Exception, match="does_not_exist_here"):
-            driver.describe("SELECT * FROM does_not_exist_here WHERE k = $1")
-        assert fetch_one(conn, Statement("SELECT CAST(:x AS int) AS x"), {"x": 7})[0].x == 7

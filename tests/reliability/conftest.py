@@ -48,22 +48,11 @@ class Private:
 
     def waiting_pid(self, query_part: str, exclude: tuple[int, ...] = (), timeout: float = 30) -> int:
         """The pid of the backend blocked on a lock while running a statement containing
-        `query_part` (polled until there is one, other than `exclude`)."""
-
-        # The service sends its statements as calls of their routines (metering.db.routines):
-        # pg_stat_activity shows the call, so look for the routines whose text holds query_part
-        # too, and for the groups' routines that call them.
-        from metering.db.routines import groups, statements
-
-        parts = [query_part, *(s.routine for s in statements() if query_part in s.text)]
-        parts += [g.routine for g in groups() if any(query_part in s.text for s in g.statements)]
+        `query_part` (polled until there is one, other than `exclude`). The service's hot paths
+        call routines: pg_stat_activity shows the call (`metering.lock_pairs_v1(...)`)."""
 
         def find() -> int | None:
-            rows = self.backends(
-                "wait_event_type = 'Lock' AND EXISTS (SELECT FROM unnest(CAST(:q AS text[])) AS p (part)"
-                " WHERE position(p.part in query) > 0)",
-                q=parts,
-            )
+            rows = self.backends("wait_event_type = 'Lock' AND position(:q in query) > 0", q=query_part)
             pids = [r.pid for r in rows if r.pid not in exclude]
             return pids[0] if pids else None
 

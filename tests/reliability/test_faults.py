@@ -38,7 +38,7 @@ pytestmark = pytest.mark.xdist_group("reliability")
 
 USER, TYPE = "u1", "premium_voice"
 EVENT = "job-300"
-LOCK_STATEMENT = "INSERT INTO balances"  # store.lock_pools: where a record waits for the user's row
+LOCK_STATEMENT = "metering.lock_pairs_v1"  # the routine where a record waits for the user's row
 APPLIED = {
     "event_id": EVENT,
     "recorded": True,
@@ -527,7 +527,7 @@ def test_lambda_killed_with_its_transaction_open_is_all_or_nothing(private, bloc
         blocker, statement = (
             (row_locked(), LOCK_STATEMENT)
             if blocked_in == "row lock"
-            else (usage_log_insert_blocked(), "INSERT INTO usage_events")
+            else (usage_log_insert_blocked(), "metering.post_usage_v1")
         )
         with blocker:
             container.submit(invoke_record, EVENT, USER, TYPE, 300)

@@ -189,20 +189,10 @@ ASSEMBLED_SQL = {
     # the breakdown statement is generated from the catalog's field names (operator configuration,
     # never request data), each checked against the catalog's field pattern by `_field_sql`, which
     # raises for anything else (test below); every request value is a bind parameter
-    ("services/reads.py", "read"): "breakdown: catalog field names, validated by reads._field_sql",
+    ("db/reads.py", "breakdown_statement"): "breakdown: catalog field names, validated by reads._field_sql",
     # CREATE DATABASE takes an identifier, which cannot be a bind parameter; dev tooling only,
     # called with the constant LOCAL_DB_NAME
     ("devtools/embedded.py", "local_database_url"): "identifier of a dev database, a constant",
-    # the journaled change plus the caller's further CTEs (`store.Writes`, made at import time from
-    # a module constant: the record's usage rows and lifetime stats), so that they are one
-    # statement; every value is a bind parameter
-    ("db/store.py", "__init__"): "journaled change + a module constant's CTEs (store.Writes)",
-    # the routines' DDL (metering.db.routines): the statements' own text (module constants), type
-    # names the server inferred for them, a hash of the text as the name, and a hash as comment
-    ("db/routines.py", "install"): "CREATE/DROP/COMMENT of the statements' routines",
-    # DROP of routines other code versions installed: each signature is the server's own
-    # regprocedure text (identifiers quoted by PostgreSQL) of a pg_proc row named metering_r_…
-    ("db/routines.py", "drop_others"): "DROP of other versions' routines, by their regprocedure",
 }
 
 
@@ -300,7 +290,7 @@ def test_the_static_check_catches_sql_built_from_strings(tmp_path, monkeypatch):
 
 
 def test_catalog_field_names_cannot_inject_sql_into_the_breakdown():
-    from metering.services.reads import _field_sql, _literal
+    from metering.db.reads import _field_sql, _literal
 
     assert _field_sql("details.voice_slug") == ("(details -> 'voice_slug')", "(details ->> 'voice_slug')")
     for evil in (

@@ -91,10 +91,8 @@ def reset_caches() -> None:
     from metering.catalog import get_catalog
     from metering.config import get_settings
     from metering.db.engine import reset_engine
-    from metering.db.sql import use_routines
 
     reset_engine()
-    use_routines(True)  # a test that found the routines missing leaves them off
     reservations.reset_client()
     get_settings.cache_clear()
     get_catalog.cache_clear()

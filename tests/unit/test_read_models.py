@@ -6,8 +6,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from metering.api.read_models import BreakdownResponse, UsageTypeSummary
+from metering.db.reads import _field_sql
+from metering.domain.subscriptions import is_canceling
 from metering.errors import BadInput
-from metering.services.reads import _field_sql, is_canceling, parse_instant
+from metering.services.reads import parse_instant
 
 
 @pytest.mark.parametrize(

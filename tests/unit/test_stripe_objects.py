@@ -8,7 +8,6 @@ import pytest
 from metering.stripe_sync.objects import (
     InvalidPayload,
     ObjectError,
-    is_canceling,
     map_status,
     parse_checkout_session,
     parse_event,
@@ -99,15 +98,6 @@ def test_subscription_without_id_is_an_object_error():
 )
 def test_status_mapping(stripe_status, deleted, expected):
     assert map_status(stripe_status, deleted=deleted) == expected
-
-
-def test_is_canceling():
-    assert is_canceling(True, None, END)
-    assert is_canceling(False, END, END)
-    assert is_canceling(False, END - timedelta(days=1), END)
-    assert not is_canceling(False, END + timedelta(seconds=1), END)
-    assert not is_canceling(False, None, END)
-    assert not is_canceling(False, END, None)
 
 
 def test_cycle_invoice_subscription_line_skips_prorations():

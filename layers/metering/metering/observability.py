@@ -71,7 +71,7 @@ class Metric:
     QUEUE_DEAD_LETTERED = "QueueMessagesDeadLettered"
     STRIPE_EVENT = "StripeEventApplied"
     STRIPE_STALE = "StripeEventStale"
-    ROUTINES_MISSING = "DatabaseRoutinesMissing"
+    SCHEMA_BEHIND = "DatabaseSchemaBehind"  # this code runs on a database its migration has not reached
 
 
 def count(name: str, value: int = 1) -> None:

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 from sqlalchemy import URL, Connection, Engine, create_engine, event, exc
 
 from metering.config import ConfigurationError, Settings, get_settings
-from metering.errors import Unavailable
+from metering.errors import NotConfigured, Unavailable
 
 # SQLSTATEs after which a whole transaction may simply run again.
 # serialization_failure, deadlock_detected, and unique_violation: every insert of this service
@@ -31,6 +31,9 @@ from metering.errors import Unavailable
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "23505"})
 # query_canceled (statement_timeout), lock_not_available (lock_timeout): not retried here
 TOO_SLOW_SQLSTATES = frozenset({"57014", "55P03"})
+# undefined_function, invalid_schema_name: naming the schema of the routines the migrations create
+SCHEMA_BEHIND_SQLSTATES = frozenset({"42883", "3F000"})
+ROUTINE_SCHEMA = "metering"
 
 
 class Retry(Exception):
@@ -212,12 +215,9 @@ def _attempts[T](
     retry_on: Callable[[exc.DBAPIError], bool],
 ) -> T:
     """`work` on a fresh `connection()` until it returns, at most `attempts` times: again after a
-    `Retry` or a database error `retry_on` accepts; once more, not counted, when the routines
-    turn out to be missing (`_routine_missing`). What the caller sees otherwise is translated
+    `Retry` or a database error `retry_on` accepts. What the caller sees otherwise is translated
     (`_raise_translated`)."""
-    attempt = 0
-    while attempt < attempts:
-        attempt += 1
+    for attempt in range(1, attempts + 1):
         try:
             with connection() as conn:
                 return work(conn)
@@ -227,32 +227,24 @@ def _attempts[T](
             if attempt == attempts:
                 raise Unavailable("too many concurrent changes, retry later") from error
         except exc.DBAPIError as error:
-            if _routine_missing(error):  # at most once per call: not counted as an attempt
-                attempt -= 1
-                continue
             if not (retry_on(error) and attempt < attempts):
                 _raise_translated(error)
     raise AssertionError("unreachable")
 
 
-def _routine_missing(error: exc.DBAPIError) -> bool:
-    """A routine of the statements is missing (this code runs on a database its migration has not
-    reached yet): send the statements' text for a while (`metering.db.routines`), and run the work
-    again. True at most once per piece of work: after the switch no routine is called."""
-    from metering.db import routines, sql
-
-    if not (sql.routines_in_use() and routines.missing(error)):
-        return False
-    sql.use_routines(False)
-    from metering.observability import Metric, count, logger
-
-    logger.error("database routines missing: sending statements as text; run `metering migrate`")
-    count(Metric.ROUTINES_MISSING)
-    return True
-
-
 def _raise_translated(error: exc.DBAPIError) -> NoReturn:
-    """What the caller should see: the database being gone or too slow is a 503, not a 500."""
+    """What the caller should see: the database being gone or too slow is a 503, not a 500; a
+    database whose migration has not run (a routine of this code is missing) is a 503 that says so."""
+    if sqlstate(error) in SCHEMA_BEHIND_SQLSTATES and ROUTINE_SCHEMA in _field(error, "M"):
+        from metering.observability import Metric, count, logger
+
+        logger.error(
+            "database schema is behind this code: run `metering migrate`", extra={"error": str(error.orig)}
+        )
+        count(Metric.SCHEMA_BEHIND)
+        raise NotConfigured(
+            "the database schema is behind this code version: run `metering migrate` (a routine is missing)"
+        ) from error
     if _is_disconnect(error):
         raise Unavailable("database unavailable, retry later") from error
     if sqlstate(error) in TOO_SLOW_SQLSTATES:
@@ -261,11 +253,14 @@ def _raise_translated(error: exc.DBAPIError) -> NoReturn:
 
 
 def sqlstate(error: exc.DBAPIError) -> str | None:
+    return _field(error, "C") or None
+
+
+def _field(error: exc.DBAPIError, code: str) -> str:
+    """A field of the server's error (C: SQLSTATE, M: message), as pg8000 reports it; "" if none."""
     args = getattr(error.orig, "args", ())
-    if args and isinstance(args[0], dict):
-        code = args[0].get("C")
-        return str(code) if code else None
-    return None
+    fields = args[0] if args and isinstance(args[0], dict) else {}
+    return str(fields.get(code) or "")
 
 
 def _is_disconnect(error: exc.DBAPIError) -> bool:

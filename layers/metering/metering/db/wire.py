@@ -16,11 +16,6 @@ with its COMMIT (`PipelinedConnection.queue`, `metering.db.sql`).
 Only unnamed statements are sent, as before: nothing here prepares named statements or sets
 session state, so RDS Proxy can still multiplex the connection.
 
-pg8000 also rewrites `%s` placeholders to `$n` by scanning the SQL text character by character on
-every execute (a third of a record's CPU time in a profile). For the `format` paramstyle that
-SQLAlchemy uses, the result depends on the text alone and the arguments pass through unchanged,
-so it is computed once per statement text.
-
 Python lists are sent as array literals (the set-based record passes its rows as arrays, cast in
 the SQL). pg8000 escapes every string of an array character by character in Python; lists of
 str, int and None are written here with `str.replace` instead (every element quoted, which the
@@ -30,11 +25,9 @@ converter lookup, and a one-element list (a single record's arrays) has its own 
 
 from __future__ import annotations
 
-import contextlib
 import struct
 import types
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -42,23 +35,13 @@ import pg8000
 from pg8000 import converters, core, legacy
 from pg8000.converters import make_param
 
+# The pg8000 release this module was written against: it subclasses pg8000's connection and uses
+# its message handlers and socket helpers (`core._write`, `core._flush`, `core._read`), which are
+# not a public API. `tests/unit/test_driver_pin.py` fails when the installed or pinned version
+# differs: read pg8000's changes to those before moving the pin.
+PG8000_VERSION = "1.31.6"
+
 _DESCRIBE_MSG = bytes([*core.DESCRIBE, 0, 0, 0, 6, *core.PORTAL, 0])  # Describe the unnamed portal
-_convert_paramstyle = legacy.convert_paramstyle
-
-
-@lru_cache(maxsize=1024)
-def _format_to_numbered(query: str) -> str:
-    return str(_convert_paramstyle("format", query, ())[0])
-
-
-def convert_paramstyle(style: str, query: str, args: Any) -> tuple[str, Any]:
-    if style == "format":
-        return _format_to_numbered(query), args
-    statement, vals = _convert_paramstyle(style, query, args)
-    return statement, vals
-
-
-legacy.convert_paramstyle = convert_paramstyle  # what legacy.Cursor.execute calls
 
 
 _PLAIN = frozenset({int, UUID})  # their text needs no quoting in an array literal
@@ -97,8 +80,6 @@ def _array_literal(values: list[Any]) -> str:
 
 
 _BEGIN = ("BEGIN", ())
-_BEGIN_SNAPSHOT = ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", ())
-_IN_TRANSACTION = (core.IN_TRANSACTION, core.IN_FAILED_TRANSACTION)
 _PARSE_UNNAMED = core.NULL_BYTE
 _BIND_HEAD = core.NULL_BYTE + core.NULL_BYTE + core.H_pack(0)  # unnamed portal and statement, text params
 _TEXT_RESULTS = core.H_pack(0)
@@ -241,44 +222,6 @@ class PipelinedConnection(legacy.Connection):
             if context.error is not None:
                 raise context.error
         return contexts[len(items) - len(statements) :]
-
-    def snapshot(self, statements: list[tuple[str, Any]]) -> list[core.Context]:
-        """`statements` in one read-only REPEATABLE READ transaction, BEGIN and COMMIT included in
-        the same round trip. After an error the transaction is left open (the server skipped its
-        COMMIT), so it is rolled back before the error is raised."""
-        if self._queued or self._transaction_status in _IN_TRANSACTION:
-            raise RuntimeError("a snapshot read cannot run inside another transaction")
-        try:
-            return self.exchange([_BEGIN_SNAPSHOT, *statements, ("COMMIT", ())])[1:-1]
-        except Exception:
-            if self._transaction_status in _IN_TRANSACTION:
-                with contextlib.suppress(Exception):  # the connection is gone: the error says more
-                    super().execute_simple("ROLLBACK")
-            raise
-
-    def describe(self, statement: str) -> tuple[list[int], list[tuple[str, int, int]]]:
-        """What the server infers for `statement` ($n placeholders) without running it: the type
-        oid of each parameter, and (name, type oid, type modifier) of each result column."""
-        if self._queued:
-            raise RuntimeError("describe with statements queued")
-        buffer = bytearray()
-        _parse(buffer, statement, self._client_encoding)
-        _message(buffer, core.DESCRIBE, core.STATEMENT + _PARSE_UNNAMED)
-        buffer += core.SYNC_MSG
-        core._write(self._sock, buffer)
-        core._flush(self._sock)
-        context = core.Context(statement)
-        context.parameter_oids = []
-        self._read_answers([context])
-        if context.error is not None:
-            raise context.error
-        columns = [(c["name"], c["type_oid"], c["type_modifier"]) for c in context.columns or ()]
-        return context.parameter_oids, columns
-
-    def handle_PARAMETER_DESCRIPTION(self, data: bytes, context: core.Context) -> None:
-        """The parameter types of a described statement (pg8000 ignores them)."""
-        count = struct.unpack_from("!H", data)[0]
-        context.parameter_oids = list(struct.unpack_from(f"!{count}I", data, 2))
 
     def _read_answers(self, contexts: list[core.Context]) -> None:
         """Hand each answer up to ReadyForQuery to pg8000's handler, advancing to the next

@@ -14,7 +14,7 @@ PeriodKind = Literal["calendar", "subscription", "assumed"]
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionState:
-    """What period resolution needs from the subscription mirror."""
+    """The user's current subscription, as mirrored from Stripe."""
 
     subscription_id: str
     plan_id: str | None
@@ -22,6 +22,9 @@ class SubscriptionState:
     period_start: datetime | None
     period_end: datetime | None
     anchor: datetime | None = None
+    cancel_at_period_end: bool = False
+    cancel_at: datetime | None = None
+    canceled_at: datetime | None = None
 
     @property
     def entitled(self) -> bool:

@@ -5,23 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from metering.api.models import AdjustmentRequest, AdjustmentResponse, BalanceOut
+from metering.db import ledger
 from metering.db.engine import run_in_transaction
-from metering.db.store import Pools, lock_current, post_entry
+from metering.db.ledger import Pools
 from metering.errors import AdjustmentIdConflict, InsufficientBalance, PoolsNotSupported, check_int64
-from metering.services.context import meter
-
-_INSERT_SQL = text(
-    """
-    INSERT INTO adjustments (adjustment_id, user_id, usage_type, pool, delta, reason)
-    VALUES (:id, :u, :t, :pool, :delta, :reason)
-    ON CONFLICT (adjustment_id) DO NOTHING
-    RETURNING adjustment_id
-    """
-)
-_EXISTING_SQL = text("SELECT user_id, usage_type, pool, delta FROM adjustments WHERE adjustment_id = :id")
+from metering.services.context import locked_standing, meter
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,18 +33,19 @@ def adjust(user_id: str, request: AdjustmentRequest, now: datetime | None = None
     now = now or datetime.now(UTC)
 
     def work(conn: Connection) -> AdjustmentOutcome:
-        _, pools = lock_current(conn, user_id, request.usage_type, now, m.catalog.free_plan.id)
-        params = {
-            "id": request.adjustment_id,
-            "u": user_id,
-            "t": request.usage_type,
-            "pool": request.pool,
-            "delta": request.delta,
-            "reason": request.reason,
-        }
-        if conn.execute(_INSERT_SQL, params).first() is None:
-            existing = conn.execute(_EXISTING_SQL, params).one()
-            if tuple(existing) != (user_id, request.usage_type, request.pool, request.delta):
+        pools = locked_standing(conn, m, user_id, now).pools
+        claimed = ledger.claim_adjustment(
+            conn,
+            request.adjustment_id,
+            user_id,
+            request.usage_type,
+            request.pool,
+            request.delta,
+            request.reason,
+        )
+        if not claimed:
+            existing = ledger.adjustment(conn, request.adjustment_id)
+            if existing != (user_id, request.usage_type, request.pool, request.delta):
                 raise AdjustmentIdConflict(
                     f"adjustment_id: {request.adjustment_id!r} was already used with a different "
                     "user, usage_type, pool or delta"
@@ -69,7 +61,7 @@ def adjust(user_id: str, request: AdjustmentRequest, now: datetime | None = None
                 )
         else:
             rollover = check_int64(rollover + request.delta, "delta")
-        post_entry(
+        ledger.post_entry(
             conn,
             user_id=user_id,
             usage_type=request.usage_type,

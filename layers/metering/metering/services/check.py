@@ -7,24 +7,20 @@ from datetime import UTC, datetime
 from metering import reservations
 from metering.api.models import CheckRequest, CheckResponse, ReservationOut
 from metering.db.engine import run_read
-from metering.db.store import load_state
-from metering.domain.ledger import allowed, available, remaining
-from metering.domain.periods import resolve_period
+from metering.db.ledger import pair_states
+from metering.domain.ledger import allowed
 from metering.errors import NotFound, Unavailable
 from metering.observability import Metric, count
-from metering.services.context import meter
+from metering.services.context import meter, standing
 
 
 def check(request: CheckRequest, now: datetime | None = None) -> CheckResponse:
     m = meter(request.usage_type)
     now = now or datetime.now(UTC)
-    state = run_read(lambda conn: load_state(conn, request.user_id, request.usage_type, now))  # 1 round trip
-    spec = resolve_period(state.subscription, now, m.catalog.free_plan.id)
-    row, used = state.period(spec)
-    limit = m.limit(row.plan_id if row else spec.plan_id)
-    rollover, purchased = (state.rollover, state.purchased) if m.pools else (0, 0)
-    left = remaining(limit, used)
-    before_holds = None if left is None else left + rollover + purchased
+    pair = (request.user_id, request.usage_type)
+    state = run_read(lambda conn: pair_states(conn, [pair], now))[pair]  # 1 round trip, 1 snapshot
+    st = standing(m, state, now)
+    before_holds = st.before_holds()
 
     reservation = request.reservation
     try:
@@ -33,7 +29,7 @@ def check(request: CheckRequest, now: datetime | None = None) -> CheckResponse:
             request.usage_type,
             amount=request.amount,
             available=before_holds,
-            db_version=state.version,
+            db_version=st.version,
             reservation_id=reservation.id if reservation else None,
             ttl_seconds=reservation.ttl_seconds if reservation else 1,
         )
@@ -54,12 +50,10 @@ def check(request: CheckRequest, now: datetime | None = None) -> CheckResponse:
         user_id=request.user_id,
         usage_type=request.usage_type,
         requested=request.amount,
-        limit=limit,
-        used=used,
+        limit=st.limit,
+        used=st.used,
         reserved=reserved,
-        available=available(
-            limit=limit, used=used, rollover=rollover, purchased=purchased, pools=m.pools, reserved=reserved
-        ),
+        available=st.available(reserved),
         reservation=held,
         reservations_counted=counted,
     )

@@ -1,11 +1,19 @@
-"""What every use case needs to know about the catalog and settings for one usage type."""
+"""What every use case needs to know about one usage type (`Meter`), and where a (user, usage type)
+pair stands at a moment (`standing`): the one computation of limit, used and pools that the check,
+the record, the summary and the adjustments share."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection
 
 from metering.catalog import Catalog, Plan, UsageType, get_catalog
 from metering.config import get_settings
+from metering.db.ledger import PairState, PeriodRow, Pools, lock_pairs
+from metering.domain.ledger import available, remaining
+from metering.domain.periods import PeriodSpec, resolve_period
 from metering.errors import UnknownUsageType
 
 
@@ -36,3 +44,53 @@ def meter(usage_type: str, field: str = "usage_type") -> Meter:
     if found is None:
         raise UnknownUsageType(usage_type, field)
     return Meter(found, catalog, get_settings().billing_enabled)
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """A pair at a moment: the period containing it (`row` None: not stored yet), its limit and
+    counter, and the pools (0 for a plain counter, whose check and record ignore them)."""
+
+    pooled: bool
+    spec: PeriodSpec
+    row: PeriodRow | None
+    limit: int | None
+    used: int
+    rollover: int
+    purchased: int
+    version: int
+
+    @property
+    def pools(self) -> Pools:
+        return Pools(self.used, self.rollover, self.purchased, self.version)
+
+    def before_holds(self) -> int | None:
+        """What a check may grant before live reservations are counted (None: unlimited)."""
+        left = remaining(self.limit, self.used)
+        return None if left is None else left + self.rollover + self.purchased
+
+    def available(self, reserved: int) -> int | None:
+        return available(
+            limit=self.limit,
+            used=self.used,
+            rollover=self.rollover,
+            purchased=self.purchased,
+            pools=self.pooled,
+            reserved=reserved,
+        )
+
+
+def standing(m: Meter, state: PairState, now: datetime) -> Standing:
+    """Where the pair of `state` stands at `now` (metering.md "Check", steps 1-4)."""
+    spec = resolve_period(state.subscription, now, m.catalog.free_plan.id)
+    row, used = state.period(spec)
+    limit = m.limit(row.plan_id if row else spec.plan_id)
+    rollover, purchased = (state.rollover, state.purchased) if m.pools else (0, 0)
+    return Standing(m.pools, spec, row, limit, used, rollover, purchased, state.version)
+
+
+def locked_standing(conn: Connection, m: Meter, user_id: str, now: datetime) -> Standing:
+    """Lock (user, usage type) for the rest of the transaction, and where it stands at `now`."""
+    pair = (user_id, m.usage_type.id)
+    states, _ = lock_pairs(conn, [pair], now)
+    return standing(m, states[pair], now)

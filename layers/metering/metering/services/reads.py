@@ -3,23 +3,21 @@
 Reads never write: a user the service has never seen gets the free plan's summary and empty rows,
 and no period row is created (the check and record create them when they need them).
 
-- Summary: one SQL statement for the whole user (subscription mirror, pools of every usage type,
-  the periods containing `now` with their counters) and one Redis round trip for live holds; each
-  usage type's numbers come from the same rules as the check (`services.check`).
+- Summary: the check's read for every catalog usage type of the user (one round trip,
+  `metering.db.ledger.pair_states`) and one Redis round trip for live holds; each usage type's
+  numbers come from the check's own computation (`services.context.standing`).
 - Breakdown: one SQL statement, a UNION ALL of one aggregate per usage type, each a range scan of
-  the index (user_id, usage_type, recorded_at) over the window.
+  the index (user_id, usage_type, recorded_at) over the window (`metering.db.reads`).
 - Stats: the maintained `lifetime_stats` rows (primary key user_id, usage_type, group_key); the
   usage log is never scanned.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from metering import reservations
 from metering.api.read_models import (
@@ -35,64 +33,33 @@ from metering.api.read_models import (
     UsageTypeStatsOut,
     UsageTypeSummary,
 )
-from metering.catalog import Catalog, UsageType, get_catalog
+from metering.catalog import get_catalog
 from metering.config import get_settings
+from metering.db import reads
 from metering.db.engine import run_read
-from metering.db.store import PeriodRow, subscription_state
-from metering.domain.ledger import available
-from metering.domain.periods import PeriodSpec, resolve_period
+from metering.db.ledger import pair_states
+from metering.domain.periods import SubscriptionState, resolve_period
+from metering.domain.subscriptions import is_canceling
 from metering.errors import BadInput
-from metering.services.context import meter
+from metering.services.context import meter, standing
 
 MAX_WINDOW = timedelta(days=366)
 
 # --- summary ----------------------------------------------------------------------------------------
 
-_SUMMARY_SQL = text(
-    """
-    SELECT s.subscription_id, s.plan_id, s.status, s.current_period_start, s.current_period_end,
-           s.billing_cycle_anchor, s.cancel_at_period_end, s.cancel_at, s.canceled_at,
-           b.types AS balance_types, b.rollovers, b.purchaseds, b.versions,
-           p.period_id, p.period_start, p.period_end, p.plan_id AS period_plan,
-           c.types AS used_types, c.useds
-    FROM (SELECT CAST(:u AS text) AS user_id) k
-    LEFT JOIN accounts a ON a.user_id = k.user_id
-    LEFT JOIN subscriptions s ON s.subscription_id = a.current_subscription_id
-    CROSS JOIN LATERAL (
-        SELECT array_agg(usage_type) AS types, array_agg(rollover) AS rollovers,
-               array_agg(purchased) AS purchaseds, array_agg(version) AS versions
-        FROM balances WHERE user_id = k.user_id
-    ) b
-    LEFT JOIN periods p ON p.user_id = k.user_id AND p.period_start <= :now AND p.period_end > :now
-    LEFT JOIN LATERAL (
-        SELECT array_agg(usage_type) AS types, array_agg(used) AS useds
-        FROM period_usage WHERE period_id = p.period_id
-    ) c ON true
-    """
-)
 
-
-def is_canceling(cancel_at_period_end: bool, cancel_at: datetime | None, period_end: datetime | None) -> bool:
-    """metering.md: true if cancel_at_period_end, or cancel_at is set and not after the period end."""
-    if cancel_at_period_end:
-        return True
-    if cancel_at is None:
-        return False
-    return period_end is None or cancel_at <= period_end
-
-
-def _subscription_out(row: Any) -> SubscriptionOut | None:
-    if row.subscription_id is None:
+def _subscription_out(sub: SubscriptionState | None) -> SubscriptionOut | None:
+    if sub is None:
         return None
     return SubscriptionOut(
-        plan=row.plan_id,
-        status=row.status,
-        current_period_start=row.current_period_start,
-        current_period_end=row.current_period_end,
-        cancel_at_period_end=bool(row.cancel_at_period_end),
-        cancel_at=row.cancel_at,
-        canceled_at=row.canceled_at,
-        is_canceling=is_canceling(bool(row.cancel_at_period_end), row.cancel_at, row.current_period_end),
+        plan=sub.plan_id,
+        status=sub.status,
+        current_period_start=sub.period_start,
+        current_period_end=sub.period_end,
+        cancel_at_period_end=sub.cancel_at_period_end,
+        cancel_at=sub.cancel_at,
+        canceled_at=sub.canceled_at,
+        is_canceling=is_canceling(sub.cancel_at_period_end, sub.cancel_at, sub.period_end),
     )
 
 
@@ -105,55 +72,31 @@ def _live_holds(user_id: str, db_versions: dict[str, int]) -> tuple[dict[str, in
 
 def summary(user_id: str, now: datetime | None = None) -> SummaryResponse:
     catalog = get_catalog()
-    billing_enabled = get_settings().billing_enabled
     now = now or datetime.now(UTC)
-    rows = run_read(lambda conn: conn.execute(_SUMMARY_SQL, {"u": user_id, "now": now}).all())  # 1 round trip
-    first = rows[0]
-    spec = resolve_period(subscription_state(first), now, catalog.free_plan.id)
+    pairs = [(user_id, name) for name in catalog.usage_types]
+    states = run_read(lambda conn: pair_states(conn, pairs, now))  # 1 round trip, 1 snapshot
+    standings = {name: standing(meter(name), states[(user_id, name)], now) for name in catalog.usage_types}
+    reserved_by_type, counted = _live_holds(user_id, {name: st.version for name, st in standings.items()})
 
-    # the period row starting where the resolved period starts, as `UserState.period` picks it
-    period: PeriodRow | None = None
-    used_by_type: dict[str, int] = {}
-    for r in rows:
-        if r.period_id is not None and r.period_start == spec.start:
-            period = PeriodRow(r.period_id, r.period_start, r.period_end, r.period_plan)
-            used_by_type = dict(zip(r.used_types or [], r.useds or [], strict=True))
-    balance_types = first.balance_types or []
-    pools = dict(
-        zip(balance_types, zip(first.rollovers or [], first.purchaseds or [], strict=True), strict=True)
-    )
-    versions = dict(zip(balance_types, first.versions or [], strict=True))
-    reserved_by_type, counted = _live_holds(user_id, versions)
-
-    usage_types: dict[str, UsageTypeSummary] = {}
-    for name in catalog.usage_types:
-        m = meter(name)
-        used = used_by_type.get(name, 0) or 0
-        limit = m.limit(period.plan_id if period else spec.plan_id)
-        rollover, purchased = pools.get(name, (0, 0)) if m.pools else (0, 0)
-        reserved = reserved_by_type.get(name, 0)
-        usage_types[name] = UsageTypeSummary(
-            limit=limit,
-            used=used,
-            rollover=rollover,
-            purchased=purchased,
-            reserved=reserved,
-            available=available(
-                limit=limit,
-                used=used,
-                rollover=rollover,
-                purchased=purchased,
-                pools=m.pools,
-                reserved=reserved,
-            ),
+    usage_types = {
+        name: UsageTypeSummary(
+            limit=st.limit,
+            used=st.used,
+            rollover=st.rollover,
+            purchased=st.purchased,
+            reserved=reserved_by_type.get(name, 0),
+            available=st.available(reserved_by_type.get(name, 0)),
         )
-
+        for name, st in standings.items()
+    }
+    subscription = states[pairs[0]].subscription if pairs else None
+    spec = resolve_period(subscription, now, catalog.free_plan.id)
     plan = catalog.find_plan(spec.plan_id) or catalog.free_plan
     return SummaryResponse(
         user_id=user_id,
-        billing_enabled=billing_enabled,
+        billing_enabled=get_settings().billing_enabled,
         plan=PlanOut(id=plan.id, name=plan.name),
-        subscription=_subscription_out(first),
+        subscription=_subscription_out(subscription),
         period=PeriodOut(start=spec.start, end=spec.end),
         usage_types=usage_types,
         reservations_counted=counted,
@@ -161,71 +104,6 @@ def summary(user_id: str, now: datetime | None = None) -> SummaryResponse:
 
 
 # --- breakdown --------------------------------------------------------------------------------------
-
-_DETAILS_KEY = re.compile(r"[A-Za-z0-9_\-]+")  # the catalog's field rule (FIELD_PATTERN)
-
-_SUBSCRIPTION_SQL = text(
-    """
-    SELECT s.subscription_id, s.plan_id, s.status, s.current_period_start, s.current_period_end,
-           s.billing_cycle_anchor
-    FROM (SELECT CAST(:u AS text) AS user_id) k
-    LEFT JOIN accounts a ON a.user_id = k.user_id
-    LEFT JOIN subscriptions s ON s.subscription_id = a.current_subscription_id
-    """
-)
-
-
-def _field_sql(field: str) -> tuple[str, str]:
-    """(jsonb expression, text expression) of a catalog field in a usage_events row. The text form
-    is what `->>` gives, as `domain.grouping.label_of` renders labels. Field names were checked
-    against the catalog's pattern at load; they are checked again here because they become SQL."""
-    if field == "reference_id":
-        return "to_jsonb(reference_id)", "reference_id"
-    key = field.removeprefix("details.")
-    if not field.startswith("details.") or not _DETAILS_KEY.fullmatch(key):
-        raise ValueError(f"not a catalog field: {field!r}")
-    return f"(details -> '{key}')", f"(details ->> '{key}')"
-
-
-def _literal(field: str) -> str:
-    _field_sql(field)  # the same check: only catalog field names become SQL literals
-    return f"'{field}'"
-
-
-def _usage_type_select(index: int, kind: UsageType) -> str:
-    spec = kind.breakdown
-    keys = ", ".join(_field_sql(f)[0] for f in spec.group_by)
-    if spec.label is None:
-        label = "CAST(NULL AS text)"
-    else:
-        label_text = _field_sql(spec.label)[1]
-        label = (
-            f"(array_agg({label_text} ORDER BY recorded_at DESC, event_id DESC)"
-            f" FILTER (WHERE {label_text} IS NOT NULL))[1]"
-        )
-    distinct = ", ".join(
-        f"{_literal(f)}, count(DISTINCT nullif({_field_sql(f)[0]}, 'null'::jsonb))" for f in spec.distinct
-    )
-    measures = ", ".join(
-        f"{_literal(f)}, coalesce(sum(CAST({_field_sql(f)[1]} AS numeric))"
-        f" FILTER (WHERE jsonb_typeof({_field_sql(f)[0]}) = 'number'), 0)"
-        for f in spec.measures
-    )
-    return f"""
-    SELECT CAST(:t{index} AS text) AS usage_type, jsonb_build_array({keys}) AS key,
-           sum(amount) AS total, count(*) AS events, {label} AS label,
-           jsonb_build_object({distinct}) AS distinct_counts, jsonb_build_object({measures}) AS measures
-    FROM usage_events
-    WHERE user_id = :u AND usage_type = :t{index} AND recorded_at >= :start AND recorded_at < :end
-    GROUP BY 2"""
-
-
-def breakdown_sql(kinds: list[UsageType]) -> tuple[str, dict[str, str]]:
-    """The breakdown statement for these usage types and their bind parameters (besides :u, :start,
-    :end). Public so that tests can EXPLAIN exactly what the service runs."""
-    parts = [_usage_type_select(i, kind) for i, kind in enumerate(kinds)]
-    sql = "\n    UNION ALL".join(parts) + "\n    ORDER BY usage_type, total DESC, key"
-    return sql, {f"t{i}": kind.id for i, kind in enumerate(kinds)}
 
 
 def parse_instant(value: str, field: str) -> datetime:
@@ -245,11 +123,6 @@ def parse_instant(value: str, field: str) -> datetime:
         raise BadInput(f"{field}: out of range (got {shown})") from None
 
 
-def _current_period(conn: Connection, user_id: str, catalog: Catalog, now: datetime) -> PeriodSpec:
-    row = conn.execute(_SUBSCRIPTION_SQL, {"u": user_id}).one()
-    return resolve_period(subscription_state(row), now, catalog.free_plan.id)
-
-
 def breakdown(
     user_id: str,
     *,
@@ -261,14 +134,15 @@ def breakdown(
     """Usage in [start, end) (each defaulting to the current period's bound) per catalog usage type
     (or only `usage_type`), grouped as the catalog declares, largest total first."""
     catalog = get_catalog()
-    kinds = [meter(usage_type).usage_type] if usage_type is not None else list(catalog.usage_types.values())
+    kinds = (meter(usage_type).usage_type,) if usage_type is not None else tuple(catalog.usage_types.values())
     window_start = parse_instant(start, "from") if start is not None else None
     window_end = parse_instant(end, "to") if end is not None else None
 
-    def read(conn: Connection) -> Sequence[Any]:
+    def read(conn: Connection) -> list[Any]:
         nonlocal window_start, window_end
         if window_start is None or window_end is None:
-            period = _current_period(conn, user_id, catalog, now or datetime.now(UTC))
+            subscription = reads.current_subscription(conn, user_id)
+            period = resolve_period(subscription, now or datetime.now(UTC), catalog.free_plan.id)
             window_start = window_start or period.start
             window_end = window_end or period.end
         if window_end <= window_start:
@@ -281,10 +155,7 @@ def breakdown(
                 f"{field}: the window {window_start.isoformat()} .. {window_end.isoformat()} is longer than"
                 f" {MAX_WINDOW.days} days"
             )
-        sql, params = breakdown_sql(kinds)
-        return conn.execute(
-            text(sql), {"u": user_id, "start": window_start, "end": window_end, **params}
-        ).all()
+        return reads.breakdown(conn, kinds, user_id, window_start, window_end)
 
     rows = run_read(read)
     assert window_start is not None and window_end is not None
@@ -315,15 +186,6 @@ def breakdown(
 
 # --- stats ------------------------------------------------------------------------------------------
 
-_STATS_SQL = text(
-    """
-    SELECT usage_type, key, label, total, events, measures
-    FROM lifetime_stats
-    WHERE user_id = :u
-    ORDER BY usage_type, total DESC, key
-    """
-)
-
 
 def _measures(fields: tuple[str, ...], stored: Any) -> dict[str, int | float]:
     stored = stored if isinstance(stored, dict) else {}
@@ -344,7 +206,7 @@ def _ordered_key(group_by: tuple[str, ...], stored: Any) -> dict[str, Any]:
 def stats(user_id: str) -> StatsResponse:
     """Lifetime totals per catalog usage type and breakdown group, from `lifetime_stats`."""
     catalog = get_catalog()
-    rows = run_read(lambda conn: conn.execute(_STATS_SQL, {"u": user_id}).all())
+    rows = run_read(lambda conn: reads.lifetime_stats(conn, user_id))
 
     grouped: dict[str, list[StatsRowOut]] = {name: [] for name in catalog.usage_types}
     for r in rows:

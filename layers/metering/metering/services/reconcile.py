@@ -11,60 +11,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from sqlalchemy import text
-
+from metering.db import ledger
 from metering.db.engine import run_read
-
-_BALANCES_SQL = text(
-    """
-    WITH j AS (
-        SELECT user_id, usage_type,
-               sum(delta) FILTER (WHERE account = 'rollover') AS rollover,
-               sum(delta) FILTER (WHERE account = 'purchased') AS purchased
-        FROM journal
-        WHERE account IN ('rollover', 'purchased') AND (CAST(:u AS text) IS NULL OR user_id = :u)
-        GROUP BY user_id, usage_type
-    )
-    SELECT coalesce(b.user_id, j.user_id) AS user_id,
-           coalesce(b.usage_type, j.usage_type) AS usage_type,
-           coalesce(b.rollover, 0) AS rollover, coalesce(j.rollover, 0) AS journal_rollover,
-           coalesce(b.purchased, 0) AS purchased, coalesce(j.purchased, 0) AS journal_purchased
-    FROM (SELECT * FROM balances WHERE CAST(:u AS text) IS NULL OR user_id = :u) b
-    FULL JOIN j ON j.user_id = b.user_id AND j.usage_type = b.usage_type
-    WHERE coalesce(b.rollover, 0) <> coalesce(j.rollover, 0)
-       OR coalesce(b.purchased, 0) <> coalesce(j.purchased, 0)
-    ORDER BY 1, 2
-    """
-)
-
-_COUNTERS_SQL = text(
-    """
-    WITH scope AS (
-        SELECT period_id, user_id, period_start FROM periods
-        WHERE CAST(:u AS text) IS NULL OR user_id = :u
-    ), c AS (
-        SELECT pu.period_id, pu.usage_type, pu.used FROM period_usage pu JOIN scope USING (period_id)
-    ), j AS (
-        SELECT period_id, usage_type, sum(delta) AS used FROM journal JOIN scope USING (period_id)
-        WHERE account = 'used' GROUP BY period_id, usage_type
-    ), e AS (
-        SELECT period_id, usage_type, sum(from_subscription) AS used
-        FROM usage_events JOIN scope USING (period_id) GROUP BY period_id, usage_type
-    ), k AS (
-        SELECT period_id, usage_type FROM c UNION SELECT period_id, usage_type FROM j
-        UNION SELECT period_id, usage_type FROM e
-    )
-    SELECT s.user_id, s.period_start, k.usage_type,
-           coalesce(c.used, 0) AS used, coalesce(j.used, 0) AS journal_used,
-           coalesce(e.used, 0) AS events_used
-    FROM k JOIN scope s USING (period_id)
-    LEFT JOIN c USING (period_id, usage_type)
-    LEFT JOIN j USING (period_id, usage_type)
-    LEFT JOIN e USING (period_id, usage_type)
-    WHERE coalesce(c.used, 0) <> coalesce(j.used, 0) OR coalesce(c.used, 0) <> coalesce(e.used, 0)
-    ORDER BY 1, 2, 3
-    """
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +47,7 @@ class Report:
 
 
 def reconcile(user_id: str | None = None) -> Report:
-    balances, counters = run_read(
-        lambda conn: (
-            conn.execute(_BALANCES_SQL, {"u": user_id}).all(),
-            conn.execute(_COUNTERS_SQL, {"u": user_id}).all(),
-        )
-    )
+    balances, counters = run_read(lambda conn: ledger.drifts(conn, user_id))
     drifts: list[Drift] = []
     for r in balances:
         for pool in ("rollover", "purchased"):

@@ -22,23 +22,23 @@ from metering.api.models import (
     details_json,
 )
 from metering.db.engine import run_in_transaction, sqlstate
-from metering.db.store import (
+from metering.db.ledger import (
     Entry,
     Pair,
+    PairState,
     PeriodRow,
     Pools,
-    UserState,
-    Writes,
+    StatsRow,
+    UsageRow,
     ensure_period,
-    lock_and_load,
-    post_entries,
+    lock_pairs,
+    post_usage,
 )
 from metering.domain.grouping import group_key, group_of, label_of, measures_of
 from metering.domain.ledger import ZERO, Breakdown, waterfall
-from metering.domain.periods import resolve_period
 from metering.errors import AmountOutOfRange, EventIdConflict, InternalError, MeteringError, check_int64
 from metering.observability import Metric, count, logger
-from metering.services.context import Meter, meter
+from metering.services.context import Meter, meter, standing
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,49 +81,6 @@ def breakdown_out(split: Breakdown) -> BreakdownOut:
         overflow_to_debt=split.overflow_to_debt,
     )
 
-
-# The usage rows and lifetime aggregates of the new events, written by the same statement as their
-# journaled balance changes (`store.post_entries`): one usage row per event, one aggregate upsert per
-# (user, usage type, breakdown group), summed by `_lifetime` (the SQL stays flat: cheap to plan).
-# A plain INSERT: an id taken by a concurrent transaction since this one read it fails the
-# statement (unique_violation), and the whole transaction runs again (engine.RETRYABLE_SQLSTATES).
-_USAGE_CTES = """
-    ev AS (
-        INSERT INTO usage_events (event_id, user_id, usage_type, amount, reference_id, description,
-            details, reservation_id, period_id, from_subscription, from_rollover, from_purchased,
-            overflow_to_debt, recorded_at)
-        SELECT n.event_id, n.user_id, n.usage_type, n.amount, n.reference_id, n.description,
-            CAST(n.details AS jsonb), n.reservation_id, n.period_id, n.fs, n.fr, n.fp, n.fd, :ev_at
-        FROM unnest(
-            CAST(:ev_ids AS text[]), CAST(:ev_users AS text[]), CAST(:ev_types AS text[]),
-            CAST(:ev_amounts AS bigint[]), CAST(:ev_refs AS text[]), CAST(:ev_descriptions AS text[]),
-            CAST(:ev_details AS text[]), CAST(:ev_reservations AS text[]), CAST(:ev_periods AS uuid[]),
-            CAST(:ev_fs AS bigint[]), CAST(:ev_fr AS bigint[]), CAST(:ev_fp AS bigint[]),
-            CAST(:ev_fd AS bigint[])
-        ) AS n (event_id, user_id, usage_type, amount, reference_id, description, details,
-                reservation_id, period_id, fs, fr, fp, fd)
-    ), stats AS (
-        INSERT INTO lifetime_stats (user_id, usage_type, group_key, key, label, total, events, measures)
-        SELECT g.user_id, g.usage_type, g.gk, CAST(g.gkey AS jsonb), g.label, g.total, g.events,
-               CAST(g.measures AS jsonb)
-        FROM unnest(
-            CAST(:g_users AS text[]), CAST(:g_types AS text[]), CAST(:g_keys AS text[]),
-            CAST(:g_json AS text[]), CAST(:g_labels AS text[]), CAST(:g_totals AS bigint[]),
-            CAST(:g_events AS bigint[]), CAST(:g_measures AS text[])
-        ) AS g (user_id, usage_type, gk, gkey, label, total, events, measures)
-        ON CONFLICT (user_id, usage_type, group_key) DO UPDATE SET
-            total = lifetime_stats.total + excluded.total,
-            events = lifetime_stats.events + excluded.events,
-            label = coalesce(excluded.label, lifetime_stats.label),
-            measures = (
-                SELECT coalesce(jsonb_object_agg(k,
-                    coalesce((lifetime_stats.measures ->> k)::numeric, 0)
-                    + coalesce((excluded.measures ->> k)::numeric, 0)), '{}'::jsonb)
-                FROM jsonb_object_keys(lifetime_stats.measures || excluded.measures) AS k
-            ),
-            updated_at = now()
-    ),"""
-_USAGE_WRITES = Writes(_USAGE_CTES)
 
 # Measures are summed as PostgreSQL sums numeric: exactly, from each value's JSON text.
 _EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
@@ -222,7 +179,7 @@ def _apply(
         return outcomes
 
     ids = list(dict.fromkeys(e.event_id for e in events))
-    states, rows = lock_and_load(conn, list(wanted), now, ids, only_free=only_free)
+    states, rows = lock_pairs(conn, list(wanted), now, ids, skip_locked=only_free)
     pairs = _open_pairs(conn, {pair: wanted[pair] for pair in states}, states, now)
     known = {
         r.event_id: _Stored(
@@ -246,7 +203,7 @@ def _apply(
 def _open_pairs(
     conn: Connection,
     wanted: dict[Pair, Meter],
-    states: dict[Pair, UserState],
+    states: dict[Pair, PairState],
     now: datetime,
 ) -> dict[Pair, _Pair]:
     """The running pools of each locked pair in the period containing `now` (created if missing:
@@ -254,13 +211,15 @@ def _open_pairs(
     created: dict[str, PeriodRow] = {}
     pairs = {}
     for (user_id, usage_type), m in wanted.items():
-        state = states[(user_id, usage_type)]
-        spec = resolve_period(state.subscription, now, m.catalog.free_plan.id)
-        period, used = state.period(spec)
+        st = standing(m, states[(user_id, usage_type)], now)
+        period = st.row
         if period is None:  # nobody has used this period yet (and its counter is 0: we hold the lock)
-            period = created.get(user_id) or created.setdefault(user_id, ensure_period(conn, user_id, spec))
+            period = created.get(user_id) or created.setdefault(
+                user_id, ensure_period(conn, user_id, st.spec)
+            )
+        state = states[(user_id, usage_type)]
         pairs[(user_id, usage_type)] = _Pair(
-            m, period.period_id, m.limit(period.plan_id), used, state.rollover, state.purchased, state.version
+            m, period.period_id, m.limit(period.plan_id), st.used, state.rollover, state.purchased, st.version
         )
     return pairs
 
@@ -346,50 +305,43 @@ def _measures_json(measures: dict[str, decimal.Decimal]) -> str:
 
 
 def _write(conn: Connection, new: list[_New], now: datetime) -> None:
-    """All new events: usage rows, journal rows, balances, counters and lifetime aggregates, in
-    one statement queued to go with COMMIT."""
-    groups = _lifetime(new)
-    params = {
-        "ev_ids": [e.event_id for e, _, _, _ in new],
-        "ev_users": [e.user_id for e, _, _, _ in new],
-        "ev_types": [e.usage_type for e, _, _, _ in new],
-        "ev_amounts": [e.amount for e, _, _, _ in new],
-        "ev_refs": [e.reference_id for e, _, _, _ in new],
-        "ev_descriptions": [e.description for e, _, _, _ in new],
-        "ev_details": [d.details for _, _, _, d in new],
-        "ev_reservations": [e.reservation_id for e, _, _, _ in new],
-        "ev_periods": [p.period_id for _, _, p, _ in new],
-        "ev_fs": [s.from_subscription for _, s, _, _ in new],
-        "ev_fr": [s.from_rollover for _, s, _, _ in new],
-        "ev_fp": [s.from_purchased for _, s, _, _ in new],
-        "ev_fd": [s.overflow_to_debt for _, s, _, _ in new],
-        "ev_at": now,
-        "g_users": [u for u, _, _ in groups],
-        "g_types": [t for _, t, _ in groups],
-        "g_keys": [k for _, _, k in groups],
-        "g_json": [g.key for g in groups.values()],
-        "g_labels": [g.label for g in groups.values()],
-        "g_totals": [g.total for g in groups.values()],
-        "g_events": [g.events for g in groups.values()],
-        "g_measures": [_measures_json(g.measures) for g in groups.values()],
-    }
-    post_entries(
-        conn,
-        reason="usage",
-        entries=[
-            Entry(
-                e.event_id,
-                e.user_id,
-                e.usage_type,
-                p.period_id,
-                used=s.from_subscription,
-                rollover=-(s.from_rollover + s.overflow_to_debt),
-                purchased=-s.from_purchased,
-            )
-            for e, s, p, _ in new
-        ],
-        alongside=(_USAGE_WRITES, params),
-    )
+    """All new events: usage rows, lifetime aggregates and journaled changes, in one call queued to
+    go with COMMIT."""
+    usage = [
+        UsageRow(
+            e.event_id,
+            e.user_id,
+            e.usage_type,
+            e.amount,
+            e.reference_id,
+            e.description,
+            d.details,
+            e.reservation_id,
+            p.period_id,
+            s.from_subscription,
+            s.from_rollover,
+            s.from_purchased,
+            s.overflow_to_debt,
+        )
+        for e, s, p, d in new
+    ]
+    stats = [
+        StatsRow(user_id, usage_type, key, g.key, g.label, g.total, g.events, _measures_json(g.measures))
+        for (user_id, usage_type, key), g in _lifetime(new).items()
+    ]
+    entries = [
+        Entry(
+            e.event_id,
+            e.user_id,
+            e.usage_type,
+            p.period_id,
+            used=s.from_subscription,
+            rollover=-(s.from_rollover + s.overflow_to_debt),
+            purchased=-s.from_purchased,
+        )
+        for e, s, p, _ in new
+    ]
+    post_usage(conn, now, usage, stats, entries)
 
 
 def record(event: UsageRequest, now: datetime | None = None) -> Outcome:

@@ -1,47 +1,41 @@
 """Apply one verified Stripe event: at most once, and to the same final state in any delivery order.
 
-One transaction per event (`run_in_transaction`). Its first statement claims the event id in
-`stripe_events` (ON CONFLICT DO NOTHING): a second delivery, even a concurrent one, finds the claim
-and answers `duplicate`; a failure rolls the claim back with the effects, so Stripe's retry applies
-it cleanly. Per subscription, events serialize on the mirror row (inserted as a placeholder when
-an invoice or a checkout names a subscription before its first snapshot); per user, on the
-accounts row. Lock order: subscription, account, balances.
+One transaction per event (`run_in_transaction`). Its first statement claims the event id
+(`stripe_mirror.claim_event`): a second delivery, even a concurrent one, finds the claim and
+answers `duplicate`; a failure rolls the claim back with the effects, so Stripe's retry applies it
+cleanly. The merge rules that make the order of delivery irrelevant are plain functions in
+`metering.domain.subscriptions`; the SQL is in `metering.db.stripe_mirror` and
+`metering.db.ledger`. What this module adds is the sequence of each event type's effects:
 
-Why the order of delivery does not matter (api.md section 5, metering.md "Stripe subscription
-lifecycle"):
-- the mirror's fields come from the newest snapshot (`snapshot_created`); its status from the newest
-  status change (`status_created`: snapshots and failed payments), except that `canceled` is final,
-  as it is in Stripe; its period only ever moves forward;
-- a snapshot, even a stale one, is a fact about the period it describes: that period's plan is the
-  highest-ranked plan any entitled snapshot reported for it (an upgrade applies at once, a downgrade
-  leaves the period's plan alone and governs the next period). Rows that were only guessed (created
-  by usage, or by a renewal before any snapshot named the period: kind 'assumed') take the plan of
-  the first snapshot that does;
-- a renewal is claimed per invoice (`renewals`) and per ending period (`periods.rolled_over`). Its
-  inputs are kept (`renewal_rollovers`), so when the ending period's plan is corrected afterwards
-  (a mid-period upgrade delivered after the invoice) the rollover is recomputed and the difference
-  journaled; the balance ends as if the events had arrived in order;
-- the account's current subscription is the one with the greatest Stripe `created`; the highest rank
-  and `last_paid_at` only ever grow.
+- a snapshot (subscription created, updated, deleted) merges into the mirror, may make the
+  subscription the account's current one, and states the plan of the period it describes;
+- a paid cycle invoice renews: rollover from the ending period, claimed per invoice
+  (`renewals`) and per ending period (`periods.rolled_over`). Its inputs are kept
+  (`renewal_rollovers`), so when the ending period's plan is corrected afterwards (a mid-period
+  upgrade delivered after the invoice) the rollover is recomputed and the difference journaled;
+- a failed payment makes the subscription past due; a paid top-up credits `purchased` once per
+  checkout session; a subscription-mode checkout links its user, and applies the events kept
+  until then.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, RowMapping, text
+from sqlalchemy import Connection
 
 from metering.catalog import Catalog, Plan, get_catalog
 from metering.config import get_settings
+from metering.db import ledger, stripe_mirror
 from metering.db.engine import run_in_transaction
-from metering.db.store import ensure_period, lock_current, lock_pools, post_entry
+from metering.domain import subscriptions as rules
 from metering.domain.ledger import rollover_after_renewal
 from metering.domain.periods import ENTITLED_STATUSES, PeriodKind, PeriodSpec
 from metering.errors import INT64_MAX
 from metering.observability import Metric, count, logger
+from metering.services.context import locked_standing, meter
 from metering.stripe_sync.objects import (
     CHECKOUT_ASYNC_SUCCEEDED,
     CHECKOUT_COMPLETED,
@@ -52,7 +46,6 @@ from metering.stripe_sync.objects import (
     PAID_TYPES,
     SNAPSHOT_TYPES,
     SUBSCRIPTION_DELETED,
-    TERMINAL_STATUS,
     CheckoutSession,
     Invoice,
     ObjectError,
@@ -68,126 +61,6 @@ from metering.stripe_sync.objects import (
 # Outcomes: the webhook answers them, and stripe_events.outcome stores them. `pending` (kept until a
 # checkout session links the event's customer or subscription to a user) is answered `ignored`.
 OK, STALE, IGNORED, DUPLICATE, PENDING = "ok", "stale", "ignored", "duplicate", "pending"
-
-_CLAIM_SQL = text(
-    """
-    INSERT INTO stripe_events (event_id, type, created, outcome, object_id)
-    VALUES (:id, :type, :created, 'applying', :object_id)
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id
-    """
-)
-_OUTCOME_SQL = text("UPDATE stripe_events SET outcome = :outcome WHERE event_id = :id")
-
-_LOCK_SUBSCRIPTION_SQL = text(
-    """
-    INSERT INTO subscriptions (subscription_id, customer_id, status, stripe_status, created,
-                               snapshot_created, status_created)
-    VALUES (:s, :c, 'incomplete', 'incomplete', to_timestamp(0), 0, 0)
-    ON CONFLICT (subscription_id) DO UPDATE
-        SET customer_id = coalesce(subscriptions.customer_id, excluded.customer_id)
-    RETURNING subscription_id, user_id, customer_id, price_id, plan_id, status, stripe_status,
-              current_period_start, current_period_end, billing_cycle_anchor, cancel_at_period_end,
-              cancel_at, canceled_at, created, snapshot_created, status_created
-    """
-)
-_WRITE_SUBSCRIPTION_SQL = text(
-    """
-    UPDATE subscriptions SET user_id = :user_id, customer_id = :customer_id, price_id = :price_id,
-        plan_id = :plan_id, status = :status, stripe_status = :stripe_status,
-        current_period_start = :current_period_start, current_period_end = :current_period_end,
-        billing_cycle_anchor = :billing_cycle_anchor, cancel_at_period_end = :cancel_at_period_end,
-        cancel_at = :cancel_at, canceled_at = :canceled_at, created = :created,
-        snapshot_created = :snapshot_created, status_created = :status_created, updated_at = now()
-    WHERE subscription_id = :subscription_id
-    """
-)
-_LOCK_ACCOUNT_SQL = text(
-    """
-    INSERT INTO accounts (user_id) VALUES (:u)
-    ON CONFLICT (user_id) DO UPDATE SET updated_at = accounts.updated_at
-    RETURNING user_id, stripe_customer_id, current_subscription_id, current_subscription_created,
-              highest_rank, last_paid_at
-    """
-)
-_WRITE_ACCOUNT_SQL = text(
-    """
-    UPDATE accounts SET stripe_customer_id = :stripe_customer_id,
-        current_subscription_id = :current_subscription_id,
-        current_subscription_created = :current_subscription_created, highest_rank = :highest_rank,
-        last_paid_at = :last_paid_at, updated_at = now()
-    WHERE user_id = :user_id
-    """
-)
-_USER_BY_CUSTOMER_SQL = text(
-    "SELECT user_id FROM accounts WHERE stripe_customer_id = :c ORDER BY updated_at DESC, user_id LIMIT 1"
-)
-_PERIOD_AT_SQL = text(
-    """
-    SELECT period_id, period_start, period_end, plan_id, kind, rolled_over FROM periods
-    WHERE user_id = :u AND period_start = :start
-    FOR UPDATE
-    """
-)
-_CONFIRM_PERIOD_SQL = text(
-    """
-    UPDATE periods SET kind = 'subscription', plan_id = :plan, period_end = :end, subscription_id = :s
-    WHERE period_id = :p
-    """
-)
-_RAISE_PERIOD_PLAN_SQL = text("UPDATE periods SET plan_id = :plan WHERE period_id = :p")
-_ROLLED_OVER_SQL = text("UPDATE periods SET rolled_over = true WHERE period_id = :p")
-_CLAIM_RENEWAL_SQL = text(
-    """
-    INSERT INTO renewals (invoice_id, user_id, subscription_id, ending_period_start, new_period_start,
-                          new_period_end)
-    VALUES (:invoice, :u, :s, :ending, :new_start, :new_end)
-    ON CONFLICT (invoice_id) DO NOTHING
-    RETURNING invoice_id
-    """
-)
-_RECORD_ROLLOVER_SQL = text(
-    """
-    INSERT INTO renewal_rollovers (invoice_id, usage_type, user_id, period_id, used, rollover_before, delta)
-    VALUES (:invoice, :t, :u, :p, :used, :before, :delta)
-    ON CONFLICT (invoice_id, usage_type) DO UPDATE SET user_id = excluded.user_id,
-        period_id = excluded.period_id, used = excluded.used, rollover_before = excluded.rollover_before,
-        delta = excluded.delta
-    """
-)
-_ROLLOVERS_OF_PERIOD_SQL = text(
-    """
-    SELECT invoice_id, usage_type, used, rollover_before, delta FROM renewal_rollovers
-    WHERE period_id = :p ORDER BY invoice_id, usage_type
-    FOR UPDATE
-    """
-)
-_SET_ROLLOVER_DELTA_SQL = text(
-    "UPDATE renewal_rollovers SET delta = :delta WHERE invoice_id = :invoice AND usage_type = :t"
-)
-_PEND_SQL = text(
-    """
-    INSERT INTO stripe_pending_events (event_id, subscription_id, customer_id, created, payload)
-    VALUES (:id, :s, :c, :created, CAST(:payload AS jsonb))
-    ON CONFLICT (event_id) DO NOTHING
-    """
-)
-_TAKE_PENDING_SQL = text(
-    """
-    DELETE FROM stripe_pending_events
-    WHERE (CAST(:s AS text) IS NOT NULL AND subscription_id = :s)
-       OR (CAST(:c AS text) IS NOT NULL AND customer_id = :c)
-    RETURNING event_id, created, payload
-    """
-)
-_CLAIM_TOPUP_SQL = text(
-    """
-    INSERT INTO topups (checkout_session_id, user_id, pack_id, usage_type, quantity, amount)
-    VALUES (:session, :u, :pack, :t, :quantity, :amount)
-    ON CONFLICT (checkout_session_id) DO NOTHING
-    RETURNING checkout_session_id
-    """
-)
 
 
 def apply_event(event: StripeEvent) -> str:
@@ -207,11 +80,10 @@ def apply_event(event: StripeEvent) -> str:
 
 
 def _claim_and_apply(conn: Connection, event: StripeEvent, catalog: Catalog, billing_enabled: bool) -> str:
-    params = {"id": event.id, "type": event.type, "created": event.created, "object_id": event.object_id}
-    if conn.execute(_CLAIM_SQL, params).first() is None:
+    if not stripe_mirror.claim_event(conn, event.id, event.type, event.created, event.object_id):
         return DUPLICATE
     outcome = _Sync(conn, catalog, billing_enabled).dispatch(event)
-    conn.execute(_OUTCOME_SQL, {"id": event.id, "outcome": outcome})
+    stripe_mirror.set_outcome(conn, event.id, outcome)
     return outcome
 
 
@@ -223,17 +95,17 @@ class _Sync:
         self.catalog = catalog
         self.billing_enabled = billing_enabled
 
-    def dispatch(self, event: StripeEvent, hint: str | None = None) -> str:
-        """`hint`: the user a checkout session just linked (when applying kept events)."""
+    def dispatch(self, event: StripeEvent, linked_user: str | None = None) -> str:
+        """`linked_user`: the user a checkout session just linked (when applying kept events)."""
         try:
             if event.type in SNAPSHOT_TYPES:
-                return self.snapshot(event, parse_subscription(event.object), hint)
+                return self.snapshot(event, parse_subscription(event.object), linked_user)
             if event.type in PAID_TYPES:
-                return self.invoice_paid(event, parse_invoice(event.object), hint)
+                return self.invoice_paid(event, parse_invoice(event.object), linked_user)
             if event.type == INVOICE_PAYMENT_FAILED:
-                return self.invoice_failed(event, parse_invoice(event.object), hint)
+                return self.invoice_failed(event, parse_invoice(event.object), linked_user)
             if event.type in CHECKOUT_TYPES:
-                return self.checkout(event, parse_checkout_session(event.object), hint)
+                return self.checkout(event, parse_checkout_session(event.object), linked_user)
         except ObjectError as error:
             logger.warning(
                 "stripe event ignored: unusable object",
@@ -242,30 +114,22 @@ class _Sync:
             return IGNORED
         return IGNORED
 
-    # --- rows -------------------------------------------------------------------------------------
+    # --- shared steps -------------------------------------------------------------------------------
 
-    def lock_subscription(self, subscription_id: str, customer: str | None) -> dict[str, Any]:
-        row = self.conn.execute(_LOCK_SUBSCRIPTION_SQL, {"s": subscription_id, "c": customer}).one()
-        return dict(row._mapping)
-
-    def write_subscription(self, mirror: dict[str, Any]) -> None:
-        self.conn.execute(_WRITE_SUBSCRIPTION_SQL, mirror)
-
-    def lock_account(self, user_id: str) -> dict[str, Any]:
-        return dict(self.conn.execute(_LOCK_ACCOUNT_SQL, {"u": user_id}).one()._mapping)
-
-    def write_account(self, account: dict[str, Any]) -> None:
-        self.conn.execute(_WRITE_ACCOUNT_SQL, account)
-
-    def user_by_customer(self, customer: str | None) -> str | None:
-        if customer is None:
-            return None
-        row = self.conn.execute(_USER_BY_CUSTOMER_SQL, {"c": customer}).first()
-        return None if row is None else str(row.user_id)
-
-    def period_at(self, user_id: str, start: datetime) -> RowMapping | None:
-        row = self.conn.execute(_PERIOD_AT_SQL, {"u": user_id, "start": start}).first()
-        return None if row is None else row._mapping
+    def user_of(
+        self,
+        explicit: str | None,
+        mirror: dict[str, Any] | None,
+        linked_user: str | None,
+        customer: str | None,
+    ) -> str | None:
+        """The event's user, by the one resolution order (`rules.resolve_user`)."""
+        return rules.resolve_user(
+            explicit,
+            mirror["user_id"] if mirror else None,
+            linked_user,
+            lambda: stripe_mirror.user_by_customer(self.conn, customer),
+        )
 
     def rank(self, plan_id: str | None) -> int:
         plan = self.catalog.find_plan(plan_id)
@@ -281,31 +145,12 @@ class _Sync:
             )
         return plan
 
-    @staticmethod
-    def raise_rank(account: dict[str, Any], plan: Plan | None) -> None:
-        if plan is not None:
-            account["highest_rank"] = max(account["highest_rank"] or 0, plan.rank)
-
-    @staticmethod
-    def mark_paid(account: dict[str, Any], moment: datetime) -> None:
-        current = account["last_paid_at"]
-        account["last_paid_at"] = moment if current is None else max(current, moment)
-
-    def pend(self, event: StripeEvent, subscription_id: str | None, customer: str | None) -> str:
+    def keep(self, event: StripeEvent, subscription_id: str | None, customer: str | None) -> str:
         """Keep an event whose user is not known yet, for the checkout session that will link it."""
         if subscription_id is None and customer is None:
             logger.warning("stripe event ignored: no user", extra={"event_id": event.id, "type": event.type})
             return IGNORED
-        self.conn.execute(
-            _PEND_SQL,
-            {
-                "id": event.id,
-                "s": subscription_id,
-                "c": customer,
-                "created": event.created,
-                "payload": json.dumps(event.raw, separators=(",", ":")),
-            },
-        )
+        stripe_mirror.keep_event(self.conn, event.id, subscription_id, customer, event.created, event.raw)
         logger.warning(
             "stripe event kept until a checkout session links its user",
             extra={
@@ -319,75 +164,37 @@ class _Sync:
 
     # --- subscription snapshots ----------------------------------------------------------------------
 
-    def snapshot(self, event: StripeEvent, sub: Subscription, hint: str | None) -> str:
-        mirror = self.lock_subscription(sub.id, sub.customer)
-        user = sub.user_id or mirror["user_id"] or hint or self.user_by_customer(sub.customer)
+    def snapshot(self, event: StripeEvent, sub: Subscription, linked_user: str | None) -> str:
+        mirror = stripe_mirror.lock_subscription(self.conn, sub.id, sub.customer)
+        user = self.user_of(sub.user_id, mirror, linked_user, sub.customer)
         if user is None:
-            return self.pend(event, sub.id, sub.customer)
-        account = self.lock_account(user)
+            return self.keep(event, sub.id, sub.customer)
+        account = stripe_mirror.lock_account(self.conn, user)
         plan = self.plan_for_price(sub.price_id, event)
         status = sub.status(deleted=event.type == SUBSCRIPTION_DELETED)
-        fresh = event.created >= mirror["snapshot_created"]
 
         before = dict(mirror)
-        mirror["user_id"] = user
-        if sub.created is not None:
-            mirror["created"] = sub.created  # immutable in Stripe: any snapshot may fill it in
-        if sub.customer is not None and (fresh or mirror["customer_id"] is None):
-            mirror["customer_id"] = sub.customer
-        if fresh:
-            mirror.update(
-                price_id=sub.price_id,
-                plan_id=plan.id if plan else None,
-                billing_cycle_anchor=sub.billing_cycle_anchor,
-                cancel_at_period_end=sub.cancel_at_period_end,
-                cancel_at=sub.cancel_at,
-                canceled_at=sub.canceled_at,
-                snapshot_created=event.created,
-            )
-        self._set_status(mirror, status, sub.stripe_status, event.created)
-        if sub.period is not None:
-            start, end = sub.period
-            if mirror["current_period_start"] is None or start > mirror["current_period_start"]:
-                mirror.update(current_period_start=start, current_period_end=end)
-            elif fresh and start == mirror["current_period_start"]:
-                mirror["current_period_end"] = end
+        fresh = rules.merge_snapshot(
+            mirror,
+            user_id=user,
+            snapshot=sub,
+            plan_id=plan.id if plan else None,
+            status=status,
+            created=event.created,
+        )
         if mirror != before:
-            self.write_subscription(mirror)
+            stripe_mirror.write_subscription(self.conn, mirror)
 
-        is_current = self._claim_current(account, sub)
+        is_current = rules.claim_current(account, sub.id, sub.created)
         if account["stripe_customer_id"] is None and sub.customer is not None:
             account["stripe_customer_id"] = sub.customer
         if sub.stripe_status not in NEVER_STARTED:
-            self.raise_rank(account, plan)
-        self.write_account(account)
+            rules.raise_rank(account, plan.rank if plan else None)
+        stripe_mirror.write_account(self.conn, account)
 
         if is_current and status in ENTITLED_STATUSES and plan is not None and sub.period is not None:
             self.period_fact(user, sub.period, plan, sub.id, confirmed=True)
         return OK if fresh else STALE
-
-    @staticmethod
-    def _set_status(mirror: dict[str, Any], status: str, stripe_status: str, created: int) -> None:
-        """The newest status change wins, except that canceled is final (as in Stripe)."""
-        final = mirror["status"] == TERMINAL_STATUS
-        if status == TERMINAL_STATUS or (not final and created >= mirror["status_created"]):
-            mirror.update(status=status, stripe_status=stripe_status)
-            mirror["status_created"] = max(mirror["status_created"], created)
-
-    @staticmethod
-    def _claim_current(account: dict[str, Any], sub: Subscription) -> bool:
-        """Make `sub` the account's current subscription if it is the most recently created one."""
-        current, created = account["current_subscription_id"], account["current_subscription_created"]
-        if current == sub.id:
-            if sub.created is not None:
-                account["current_subscription_created"] = sub.created
-            return True
-        newer = current is None or (
-            sub.created is not None and (created is None or (sub.created, sub.id) > (created, current))
-        )
-        if newer:
-            account.update(current_subscription_id=sub.id, current_subscription_created=sub.created)
-        return newer
 
     # --- periods ------------------------------------------------------------------------------------
 
@@ -403,32 +210,26 @@ class _Sync:
         """Stripe says `period` is governed by `plan` (`confirmed`), or we guess so (a renewal that
         knows the period but not its plan): create the row, or correct the one there."""
         start, end = period
-        row = self.period_at(user, start)
+        row = stripe_mirror.period_at(self.conn, user, start)
         if row is None:
             kind: PeriodKind = "subscription" if confirmed else "assumed"
-            ensure_period(self.conn, user, PeriodSpec(start, end, plan.id, kind, subscription_id))
-            row = self.period_at(user, start)
+            ledger.ensure_period(self.conn, user, PeriodSpec(start, end, plan.id, kind, subscription_id))
+            row = stripe_mirror.period_at(self.conn, user, start)
             assert row is not None
-        if not confirmed or (row["plan_id"] == plan.id and row["kind"] == "subscription"):
+        if not confirmed:
             return
-        if row["kind"] != "subscription":
-            # a guessed row (usage before Stripe's renewal arrived, or a renewal before any snapshot)
-            self.conn.execute(
-                _CONFIRM_PERIOD_SQL,
-                {"p": row["period_id"], "plan": plan.id, "end": end, "s": subscription_id},
-            )
-        elif plan.rank > self.rank(row["plan_id"]):
-            # a mid-period upgrade applies at once; a downgrade waits for the next period's row
-            self.conn.execute(_RAISE_PERIOD_PLAN_SQL, {"p": row["period_id"], "plan": plan.id})
-        else:
-            return
-        if row["plan_id"] != plan.id and row["rolled_over"]:
+        correction = rules.period_correction(row, plan.id, self.rank)
+        if correction == "confirm":
+            stripe_mirror.confirm_period(self.conn, row["period_id"], plan.id, end, subscription_id)
+        elif correction == "raise":
+            stripe_mirror.set_period_plan(self.conn, row["period_id"], plan.id)
+        if correction != "keep" and row["plan_id"] != plan.id and row["rolled_over"]:
             self.reprice_rollover(user, row["period_id"], plan)
 
     def reprice_rollover(self, user: str, period_id: UUID, plan: Plan) -> None:
         """The ending period's plan changed after its renewal: recompute that rollover from the
         renewal's own inputs and journal the difference."""
-        for r in self.conn.execute(_ROLLOVERS_OF_PERIOD_SQL, {"p": period_id}).all():
+        for r in stripe_mirror.rollovers_of_period(self.conn, period_id):
             kind = self.catalog.usage_type(r.usage_type)
             if kind is None or not kind.pools:
                 continue
@@ -438,8 +239,8 @@ class _Sync:
             delta = after - r.rollover_before
             if delta == r.delta:
                 continue
-            lock_pools(self.conn, user, kind.id, period_id)
-            post_entry(
+            ledger.lock_pair_in(self.conn, user, kind.id, period_id, _now())
+            ledger.post_entry(
                 self.conn,
                 user_id=user,
                 usage_type=kind.id,
@@ -447,50 +248,39 @@ class _Sync:
                 ref=r.invoice_id,
                 rollover=delta - r.delta,
             )
-            self.conn.execute(
-                _SET_ROLLOVER_DELTA_SQL, {"invoice": r.invoice_id, "t": kind.id, "delta": delta}
-            )
+            stripe_mirror.set_rollover_delta(self.conn, r.invoice_id, kind.id, delta)
 
     # --- invoices -----------------------------------------------------------------------------------
 
     def _invoice_user(
-        self, event: StripeEvent, invoice: Invoice, hint: str | None
+        self, invoice: Invoice, linked_user: str | None
     ) -> tuple[str | None, dict[str, Any] | None]:
         mirror = (
-            self.lock_subscription(invoice.subscription_id, invoice.customer)
+            stripe_mirror.lock_subscription(self.conn, invoice.subscription_id, invoice.customer)
             if invoice.subscription_id
             else None
         )
-        user = (
-            invoice.user_id
-            or (mirror["user_id"] if mirror else None)
-            or hint
-            or self.user_by_customer(invoice.customer)
-        )
-        return user, mirror
+        return self.user_of(invoice.user_id, mirror, linked_user, invoice.customer), mirror
 
-    def invoice_paid(self, event: StripeEvent, invoice: Invoice, hint: str | None) -> str:
-        user, mirror = self._invoice_user(event, invoice, hint)
+    def invoice_paid(self, event: StripeEvent, invoice: Invoice, linked_user: str | None) -> str:
+        user, mirror = self._invoice_user(invoice, linked_user)
         if user is None:
-            return self.pend(event, invoice.subscription_id, invoice.customer)
-        account = self.lock_account(user)
-        self.mark_paid(account, invoice.paid_at or _moment(event.created))
+            return self.keep(event, invoice.subscription_id, invoice.customer)
+        account = stripe_mirror.lock_account(self.conn, user)
+        rules.mark_paid(account, invoice.paid_at or _moment(event.created))
         line = invoice.subscription_line
         line_plan = self.plan_for_price(line.price_id, event) if line else None
-        self.raise_rank(account, line_plan)
-        self.write_account(account)
+        rules.raise_rank(account, line_plan.rank if line_plan else None)
+        stripe_mirror.write_account(self.conn, account)
         if mirror is None or not invoice.is_cycle:
             return OK  # other billing reasons only mark the user as having paid
 
         before = dict(mirror)
         mirror["user_id"] = mirror["user_id"] or user
         new_period = line.period if line else None
-        if new_period is not None and (
-            mirror["current_period_start"] is None or new_period[0] > mirror["current_period_start"]
-        ):
-            mirror.update(current_period_start=new_period[0], current_period_end=new_period[1])
+        rules.advance_period(mirror, new_period)
         if mirror != before:
-            self.write_subscription(mirror)
+            stripe_mirror.write_subscription(self.conn, mirror)
 
         if account["current_subscription_id"] not in (None, mirror["subscription_id"]):
             logger.info(
@@ -498,18 +288,10 @@ class _Sync:
                 extra={"event_id": event.id, "invoice": invoice.id},
             )
             return OK
-        claimed = self.conn.execute(
-            _CLAIM_RENEWAL_SQL,
-            {
-                "invoice": invoice.id,
-                "u": user,
-                "s": mirror["subscription_id"],
-                "ending": invoice.period_start,
-                "new_start": new_period[0] if new_period else None,
-                "new_end": new_period[1] if new_period else None,
-            },
-        ).first()
-        if claimed is not None:  # else this invoice was renewed by its other event type already
+        claimed = stripe_mirror.claim_renewal(
+            self.conn, invoice.id, user, mirror["subscription_id"], invoice.period_start, new_period
+        )
+        if claimed:  # else this invoice was renewed by its other event type already
             self.renew(event, invoice, user, mirror, new_period, line_plan)
         return OK
 
@@ -526,7 +308,7 @@ class _Sync:
         known = self.catalog.find_plan(mirror["plan_id"])
         ending_start = invoice.period_start
         if ending_start is not None:
-            ending = self.period_at(user, ending_start)
+            ending = stripe_mirror.period_at(self.conn, user, ending_start)
             if ending is None:
                 ends = [
                     moment
@@ -538,8 +320,8 @@ class _Sync:
                     # corrected (and the rollover with it) when a snapshot of that period arrives
                     guess = known or line_plan or self.catalog.free_plan
                     spec = PeriodSpec(ending_start, ends[0], guess.id, "assumed", mirror["subscription_id"])
-                    ensure_period(self.conn, user, spec)
-                    ending = self.period_at(user, ending_start)
+                    ledger.ensure_period(self.conn, user, spec)
+                    ending = stripe_mirror.period_at(self.conn, user, ending_start)
             if ending is None:
                 logger.warning("renewal without an ending period", extra={"event_id": event.id})
             elif ending["rolled_over"]:
@@ -550,26 +332,26 @@ class _Sync:
             else:
                 if self.billing_enabled:
                     self.rollover(user, invoice.id, ending)
-                self.conn.execute(_ROLLED_OVER_SQL, {"p": ending["period_id"]})
+                stripe_mirror.mark_rolled_over(self.conn, ending["period_id"])
         if new_period is not None:
             plan = line_plan or known or self.catalog.free_plan
             self.period_fact(
                 user, new_period, plan, mirror["subscription_id"], confirmed=line_plan is not None
             )
 
-    def rollover(self, user: str, invoice_id: str, ending: RowMapping) -> None:
+    def rollover(self, user: str, invoice_id: str, ending: dict[str, Any]) -> None:
         plan = self.catalog.find_plan(ending["plan_id"]) or self.catalog.free_plan
         for kind in self.catalog.usage_types.values():
             if not kind.pools:
                 continue  # plain counters never roll over
             # every pooled type's inputs are kept, even at limit 0: a later upgrade may reprice it
-            pools = lock_pools(self.conn, user, kind.id, ending["period_id"])
+            pools = ledger.lock_pair_in(self.conn, user, kind.id, ending["period_id"], _now())
             after = rollover_after_renewal(
                 limit=plan.limit(kind.id), used=pools.used, rollover=pools.rollover, cap=kind.rollover_cap
             )
             delta = after - pools.rollover
             if delta:
-                post_entry(
+                ledger.post_entry(
                     self.conn,
                     user_id=user,
                     usage_type=kind.id,
@@ -577,66 +359,45 @@ class _Sync:
                     ref=invoice_id,
                     rollover=delta,
                 )
-            self.conn.execute(
-                _RECORD_ROLLOVER_SQL,
-                {
-                    "invoice": invoice_id,
-                    "t": kind.id,
-                    "u": user,
-                    "p": ending["period_id"],
-                    "used": pools.used,
-                    "before": pools.rollover,
-                    "delta": delta,
-                },
+            stripe_mirror.record_rollover(
+                self.conn, invoice_id, kind.id, user, ending["period_id"], pools.used, pools.rollover, delta
             )
 
-    def invoice_failed(self, event: StripeEvent, invoice: Invoice, hint: str | None) -> str:
+    def invoice_failed(self, event: StripeEvent, invoice: Invoice, linked_user: str | None) -> str:
         if invoice.subscription_id is None:
             return IGNORED  # a one-off invoice: no subscription status to change
-        user, mirror = self._invoice_user(event, invoice, hint)
+        user, mirror = self._invoice_user(invoice, linked_user)
         if user is None:
-            return self.pend(event, invoice.subscription_id, invoice.customer)
+            return self.keep(event, invoice.subscription_id, invoice.customer)
         assert mirror is not None
-        self.lock_account(user)
+        stripe_mirror.lock_account(self.conn, user)
         before = dict(mirror)
         mirror["user_id"] = mirror["user_id"] or user
-        if invoice.billing_reason == "subscription_create":
-            outcome = OK  # the first payment failed: Stripe keeps the subscription `incomplete`
-        elif event.created < mirror["status_created"]:
-            outcome = STALE
-        else:
-            outcome = OK
-            if mirror["status"] != TERMINAL_STATUS:
-                mirror.update(status="past_due", stripe_status="past_due", status_created=event.created)
+        current = rules.payment_failed(mirror, invoice.billing_reason, event.created)
         if mirror != before:
-            self.write_subscription(mirror)
-        return outcome
+            stripe_mirror.write_subscription(self.conn, mirror)
+        return OK if current else STALE
 
     # --- checkout sessions --------------------------------------------------------------------------
 
-    def checkout(self, event: StripeEvent, session: CheckoutSession, hint: str | None) -> str:
+    def checkout(self, event: StripeEvent, session: CheckoutSession, linked_user: str | None) -> str:
         if session.mode == "subscription":
-            return self.link(event, session, hint)
+            return self.link(event, session, linked_user)
         if session.mode != "payment":
             return IGNORED  # setup mode: nothing to meter
         if event.type == CHECKOUT_COMPLETED and not session.is_paid:
             return OK  # an asynchronous payment: credited by async_payment_succeeded
         assert event.type in (CHECKOUT_COMPLETED, CHECKOUT_ASYNC_SUCCEEDED)
-        return self.topup(event, session, hint)
+        return self.topup(event, session, linked_user)
 
-    def link(self, event: StripeEvent, session: CheckoutSession, hint: str | None) -> str:
+    def link(self, event: StripeEvent, session: CheckoutSession, linked_user: str | None) -> str:
         """Link the user to the session's customer and subscription, then apply what was kept."""
         mirror = (
-            self.lock_subscription(session.subscription_id, session.customer)
+            stripe_mirror.lock_subscription(self.conn, session.subscription_id, session.customer)
             if session.subscription_id
             else None
         )
-        user = (
-            session.user_id
-            or hint
-            or (mirror["user_id"] if mirror else None)
-            or self.user_by_customer(session.customer)
-        )
+        user = self.user_of(session.user_id, mirror, linked_user, session.customer)
         if user is None:
             logger.warning(
                 "checkout session without a user", extra={"event_id": event.id, "session": session.id}
@@ -644,24 +405,24 @@ class _Sync:
             return IGNORED
         if mirror is not None and mirror["user_id"] != user:
             mirror["user_id"] = user
-            self.write_subscription(mirror)
-        account = self.lock_account(user)
+            stripe_mirror.write_subscription(self.conn, mirror)
+        account = stripe_mirror.lock_account(self.conn, user)
         if session.customer is not None and account["stripe_customer_id"] != session.customer:
             account["stripe_customer_id"] = session.customer
-            self.write_account(account)
+            stripe_mirror.write_account(self.conn, account)
         self.apply_kept(session.subscription_id, session.customer, user)
         return OK
 
     def apply_kept(self, subscription_id: str | None, customer: str | None, user: str) -> None:
-        kept = self.conn.execute(_TAKE_PENDING_SQL, {"s": subscription_id, "c": customer}).all()
-        for row in sorted(kept, key=lambda r: (r.created, r.event_id)):
-            payload = row.payload if isinstance(row.payload, dict) else json.loads(row.payload)
-            event = parse_event(payload)
-            outcome = self.dispatch(event, hint=user)
-            self.conn.execute(_OUTCOME_SQL, {"id": event.id, "outcome": outcome})
+        kept = [
+            parse_event(payload) for payload in stripe_mirror.take_kept(self.conn, subscription_id, customer)
+        ]
+        for event in sorted(kept, key=lambda e: (e.created, e.id)):
+            outcome = self.dispatch(event, linked_user=user)
+            stripe_mirror.set_outcome(self.conn, event.id, outcome)
             logger.info("kept stripe event applied", extra={"event_id": event.id, "outcome": outcome})
 
-    def topup(self, event: StripeEvent, session: CheckoutSession, hint: str | None) -> str:
+    def topup(self, event: StripeEvent, session: CheckoutSession, linked_user: str | None) -> str:
         pack = self.catalog.pack(session.pack_id) if session.pack_id else None
         if pack is None or session.quantity is None:
             logger.warning(
@@ -669,31 +430,20 @@ class _Sync:
                 extra={"event_id": event.id, "session": session.id, "pack": session.pack_id},
             )
             return IGNORED
-        user = session.user_id or hint or self.user_by_customer(session.customer)
+        user = self.user_of(session.user_id, None, linked_user, session.customer)
         if user is None:
-            return self.pend(event, None, session.customer)
+            return self.keep(event, None, session.customer)
         amount = pack.amount * session.quantity
-        self.lock_account(user)
-        _, pools = lock_current(
-            self.conn, user, pack.usage_type, datetime.now(UTC), self.catalog.free_plan.id
-        )
+        stripe_mirror.lock_account(self.conn, user)
+        pools = locked_standing(self.conn, meter(pack.usage_type), user, _now()).pools
         if pools.purchased + amount > INT64_MAX:
             logger.warning("top-up ignored: purchased balance would overflow", extra={"event_id": event.id})
             return IGNORED
-        claimed = self.conn.execute(
-            _CLAIM_TOPUP_SQL,
-            {
-                "session": session.id,
-                "u": user,
-                "pack": pack.id,
-                "t": pack.usage_type,
-                "quantity": session.quantity,
-                "amount": amount,
-            },
-        ).first()
-        if claimed is None:
+        if not stripe_mirror.claim_topup(
+            self.conn, session.id, user, pack.id, pack.usage_type, session.quantity, amount
+        ):
             return OK  # credited already, by the session's other event type
-        post_entry(
+        ledger.post_entry(
             self.conn,
             user_id=user,
             usage_type=pack.usage_type,
@@ -702,6 +452,10 @@ class _Sync:
             purchased=amount,
         )
         return OK
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _moment(created: int) -> datetime:

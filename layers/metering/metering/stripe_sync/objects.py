@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from metering.domain.subscriptions import TERMINAL_STATUS
 from metering.errors import BadInput
 
 SUBSCRIPTION_CREATED = "customer.subscription.created"
@@ -33,7 +34,6 @@ HANDLED_TYPES = SNAPSHOT_TYPES | INVOICE_TYPES | CHECKOUT_TYPES
 # Stripe's status -> ours (api.md: "Stripe's own, except incomplete_expired -> canceled and unpaid ->
 # past_due"); a deleted subscription is canceled whatever its object says.
 STATUS_MAP = {"incomplete_expired": "canceled", "unpaid": "past_due"}
-TERMINAL_STATUS = "canceled"  # Stripe never reactivates a canceled subscription
 NEVER_STARTED = frozenset({"incomplete", "incomplete_expired"})  # the first payment never went through
 
 
@@ -92,13 +92,6 @@ def metadata_user(obj: Any) -> str | None:
 
 def map_status(stripe_status: str, *, deleted: bool = False) -> str:
     return TERMINAL_STATUS if deleted else STATUS_MAP.get(stripe_status, stripe_status)
-
-
-def is_canceling(cancel_at_period_end: bool, cancel_at: datetime | None, period_end: datetime | None) -> bool:
-    """metering.md: true if `cancel_at_period_end`, or `cancel_at` is set and not after the period end."""
-    if cancel_at_period_end:
-        return True
-    return cancel_at is not None and period_end is not None and cancel_at <= period_end
 
 
 def _period(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime] | None:

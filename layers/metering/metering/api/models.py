@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 from pydantic_core import PydanticCustomError
 
-INT64_MAX = 2**63 - 1
+from metering.errors import INT64_MAX
+
 DETAILS_MAX_BYTES = 8 * 1024
 
 UserId = Annotated[str, Field(min_length=1, max_length=255)]

@@ -11,6 +11,7 @@ from metering.catalog.model import (
     get_catalog,
     load_catalog,
     parse_catalog,
+    validate_catalog,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "get_catalog",
     "load_catalog",
     "parse_catalog",
+    "validate_catalog",
 ]

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any
 
 import yaml
 from pydantic import (
@@ -24,15 +24,14 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from metering.config import get_settings
+from metering.errors import INT64_MAX
 
 DEFAULT_CATALOG = Path(__file__).with_name("default.yaml")
 
-INT64_MAX = 2**63 - 1
 ID_PATTERN = r"^[a-z0-9][a-z0-9_\-]*$"
 FIELD_PATTERN = r"^(?:reference_id|details\.[A-Za-z0-9_\-]+)$"
 _ID_RE = re.compile(ID_PATTERN)
@@ -207,6 +206,9 @@ class Pack(BaseModel):
 
 
 class Catalog(BaseModel):
+    """A validated catalog. Build it with `validate_catalog` (or `parse_catalog` / `load_catalog`):
+    the rules that span entries are checked there, once, with every problem reported together."""
+
     model_config = _FROZEN
 
     usage_types: dict[str, UsageType]  # ordered as in the file
@@ -217,35 +219,6 @@ class Catalog(BaseModel):
     _prices: dict[str, Plan] = PrivateAttr(default_factory=dict)
     _packs: dict[str, Pack] = PrivateAttr(default_factory=dict)
     _pack_prices: dict[str, Pack] = PrivateAttr(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _ids_from_keys(cls, data: Any) -> Any:
-        """A usage type's id is its mapping key; fill it in when the body leaves it out."""
-        if isinstance(data, Mapping) and isinstance(data.get("usage_types"), Mapping):
-            types = {
-                key: {**body, "id": key} if isinstance(body, Mapping) and "id" not in body else body
-                for key, body in data["usage_types"].items()
-            }
-            data = {**data, "usage_types": types}
-        return data
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        problems = [
-            f"usage_types.{key}.id: must equal its key (got {kind.id!r})"
-            for key, kind in self.usage_types.items()
-            if kind.id != key
-        ]
-        problems += cross_check(
-            list(self.usage_types),
-            self.usage_types,
-            list(enumerate(self.plans)),
-            list(enumerate(self.packs)),
-        )
-        if problems:
-            raise ValueError("\n".join(problems))
-        return self
 
     def model_post_init(self, context: Any, /) -> None:
         self._plans = {plan.id: plan for plan in self.plans}
@@ -462,7 +435,12 @@ def _entries(data: Mapping[Any, Any], key: str, problems: list[str], *, required
 
 def parse_catalog(text: str, source: str = "<string>") -> Catalog:
     """Validate a catalog YAML document; every problem at once, as one CatalogError."""
-    data = _read_yaml(text, source)
+    return validate_catalog(_read_yaml(text, source), source)
+
+
+def validate_catalog(data: Any, source: str = "<data>") -> Catalog:
+    """THE validation of a catalog (read from YAML, or built in code): each entry on its own, then
+    the rules that span entries; every problem at once, as one CatalogError naming its field."""
     if not isinstance(data, dict):
         raise CatalogError(
             source, [f"top level: must be a mapping with usage_types and plans (got {_show(data)})"]

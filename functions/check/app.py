@@ -7,7 +7,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Body
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from metering.api.http import ERROR_RESPONSES, USER_ID_PATH, make_resolver
+from metering.api.http import ERROR_RESPONSES, RESERVATION_ID_PATH, USER_ID_PATH, make_resolver
 from metering.api.models import CheckRequest, CheckResponse
 from metering.observability import logger, metrics
 from metering.services import check as checks
@@ -27,7 +27,9 @@ def check(request: Annotated[CheckRequest, Body()]) -> CheckResponse:
     summary="Release a live reservation",
     responses={204: {"description": "released"}, 404: {"description": "no live reservation"}},
 )
-def release(user_id: Annotated[str, USER_ID_PATH], reservation_id: str) -> Response[None]:
+def release(
+    user_id: Annotated[str, USER_ID_PATH], reservation_id: Annotated[str, RESERVATION_ID_PATH]
+) -> Response[None]:
     checks.release(user_id, reservation_id)
     return Response(status_code=204)
 

@@ -121,10 +121,24 @@ def test_details_that_are_not_json_are_rejected_by_name():
     assert [r[0] for r in query("SELECT event_id FROM usage_events")] == ["ok"]
 
 
-def test_a_batch_item_that_is_not_an_object_makes_the_request_malformed():
-    status, body = api.batch([ev("a"), "not an object"])
-    assert status == 400 and "events.1" in body["error"]["message"]
-    assert query("SELECT count(*) FROM usage_events")[0][0] == 0
+def test_a_batch_item_that_is_not_an_object_is_rejected_on_its_own():
+    """api.md: each event is applied or rejected on its own; one bad event does not stop the rest
+    (decisions.md, 2026-12-03), even one that is not an object at all."""
+    status, body = api.batch([ev("a"), "not an object", None, [1], ev("b")])
+    assert status == 200
+    assert [r["status"] for r in body["results"]] == [
+        "recorded",
+        "rejected",
+        "rejected",
+        "rejected",
+        "recorded",
+    ]
+    rejected = body["results"][1]
+    assert rejected["event_id"] is None and rejected["error"]["code"] == "validation_error"
+    assert (
+        "must be a JSON object" in rejected["error"]["message"] and "got str" in rejected["error"]["message"]
+    )
+    assert query("SELECT count(*) FROM usage_events")[0][0] == 2
 
 
 @pytest.mark.parametrize("events", [[], [ev(str(i)) for i in range(501)]], ids=["empty", "501"])

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.support import api
-from tests.support.state import query, subscribe, use_test_catalog
+from tests.support.state import iso, query, subscribe, use_test_catalog
 
 pytestmark = pytest.mark.usefixtures("clean")
 
@@ -25,10 +25,6 @@ def breakdown(user_id, **params):
 
 def my_breakdown(sub=None, **params):
     return api.read_me("breakdown", sub, **params)
-
-
-def iso(moment):
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def voice(event_id, amount, slug, model, name=None, duration=None, user="u1", **extra):

@@ -243,3 +243,35 @@ def test_a_settled_hold_counts_exactly_for_checks_that_read_the_database_before_
     assert api.check("u1", "premium_voice", 3000)[1]["allowed"] is True
     # a settled hold is not live: it cannot be released
     assert api.release("u1", "doc")[0] == 404
+
+
+def test_checks_are_exact_for_every_64_bit_amount():
+    """issue 23.3: "allowed iff amount <= available" exactly, also above 2^53 (where a double can
+    no longer tell 2^62 from 2^62 + 1), for the check, its holds and the summary's reserved."""
+    big = 2**62
+    assert api.adjust("u1", "a1", "premium_voice", "purchased", big)[0] == 201  # free: limit 0
+    status, body = api.check("u1", "premium_voice", big + 1)
+    assert (body["allowed"], body["available"]) == (False, big)
+    assert api.check("u1", "premium_voice", big)[1]["allowed"] is True
+    held = api.check("u1", "premium_voice", big - 1, {"id": "doc", "ttl_seconds": 60})[1]
+    assert held["allowed"] and held["reservation"]["amount"] == big - 1
+    status, body = api.check("u1", "premium_voice", 2)
+    assert (body["allowed"], body["reserved"], body["available"]) == (False, big - 1, 1)
+    assert api.check("u1", "premium_voice", 1)[1]["allowed"] is True
+    summary = api.read("summary", "u1")[1]["usage_types"]["premium_voice"]
+    assert (summary["reserved"], summary["available"]) == (big - 1, 1)
+    # holds summed beyond 2^63 stay exact too
+    api.adjust("u1", "a2", "premium_voice", "purchased", 2**63 - 1 - big)
+    for n in range(3):
+        assert api.check("u1", "premium_voice", big, {"id": f"h{n}", "ttl_seconds": 60})[1]["allowed"] is (
+            n == 0
+        )
+    assert api.read("summary", "u1")[1]["usage_types"]["premium_voice"]["reserved"] == big - 1 + big
+
+
+def test_a_check_in_debt_beyond_the_allowance_grants_only_zero():
+    subscribe("u1", "basic")  # premium_voice 5,000
+    assert api.adjust("u1", "a1", "premium_voice", "rollover", -6000)[0] == 201
+    status, body = api.check("u1", "premium_voice", 1)
+    assert (body["allowed"], body["available"]) == (False, 0)
+    assert api.check("u1", "premium_voice", 0)[1]["allowed"] is True

@@ -171,3 +171,14 @@ def test_one_batch_keeps_groups_apart_that_are_equal_only_as_python_values():
         "Truebool": (10, 1, {"details.duration_ms": 1}),
         "'1'str": (10, 1, {"details.duration_ms": 5}),
     }
+
+
+def test_an_empty_label_is_no_label_in_breakdown_and_stats_alike():
+    """issue 23.6: labels "Named" then "": both reads show "Named" (one rule: "" is no label)."""
+    details = {"voice_slug": "v", "model_slug": "m"}
+    record("e1", "premium_voice", 10, details={**details, "voice_name": "Named"})
+    record("e2", "premium_voice", 10, details={**details, "voice_name": ""})
+    (row,) = stats("u1")[1]["usage_types"]["premium_voice"]["rows"]
+    assert row["label"] == "Named"
+    (row,) = api.read("breakdown", "u1")[1]["usage_types"]["premium_voice"]["rows"]
+    assert row["label"] == "Named"

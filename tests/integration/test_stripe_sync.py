@@ -8,7 +8,7 @@ import pytest
 from metering.domain.subscriptions import is_canceling
 from tests.support import api
 from tests.support import stripe_events as se
-from tests.support.state import assert_reconciled, use_test_catalog
+from tests.support.state import assert_reconciled, iso, use_test_catalog
 
 pytestmark = pytest.mark.usefixtures("clean")
 query = se.sql
@@ -647,3 +647,105 @@ def test_setup_mode_checkout_is_ignored():
         200,
         {"status": "ignored"},
     )
+
+
+# --- issue 23: periods Stripe reshapes, cancellation at a month start, decisions -------------------------
+
+
+def _summary(user="u1", now=None):
+    from metering.services.reads import summary
+
+    return summary(user, now).model_dump(mode="json", by_alias=True)
+
+
+def _record_at(event_id, usage_type, amount, now, user="u1"):
+    from metering.api.models import UsageRequest
+    from metering.services.record import record as record_one
+
+    event = UsageRequest(event_id=event_id, user_id=user, usage_type=usage_type, amount=amount)
+    return record_one(event, now)
+
+
+def test_a_period_stripe_extends_keeps_its_usage():
+    """A 3-day trial with 40,000 used, then a snapshot with the same period start and a later
+    end (the trial became a monthly subscription): the stored period follows Stripe's end."""
+    trial = (NOW - timedelta(days=1), NOW + timedelta(days=2))
+    se.ok(snap("created", t(trial[0], 5), trial, status="trialing"))
+    record("e1", "ocr_tokens", 40_000)
+    month = (trial[0], trial[0] + timedelta(days=31))
+    se.ok(snap("updated", t(trial[0], 60), month))
+    body = api.read("summary", "u1")[1]
+    assert body["period"] == {"start": iso(month[0]), "end": iso(month[1])}
+    ocr = body["usage_types"]["ocr_tokens"]
+    assert (ocr["used"], ocr["available"]) == (40_000, 60_000)
+    assert record("e2", "ocr_tokens", 1000)["balance"]["used"] == 41_000
+    assert periods() == [(month[0], month[1], "basic", "subscription", False)]
+    assert_reconciled()
+
+
+def test_a_period_whose_interval_switches_without_moving_its_start_keeps_its_usage_after_the_old_end():
+    start = NOW - timedelta(days=5)
+    weekly = (start, start + timedelta(days=7))
+    se.ok(snap("created", t(start, 5), weekly))
+    _record_at("e1", "ocr_tokens", 40_000, start + timedelta(days=1))
+    yearly = (start, start + timedelta(days=365))
+    se.ok(snap("updated", t(start, 60), yearly))
+    after_the_old_end = weekly[1] + timedelta(hours=1)
+    body = _summary(now=after_the_old_end)
+    assert (body["period"]["start"], body["period"]["end"]) == (iso(yearly[0]), iso(yearly[1]))
+    assert body["usage_types"]["ocr_tokens"]["used"] == 40_000
+    assert _record_at("e2", "ocr_tokens", 1000, after_the_old_end).balance.used == 41_000
+    assert_reconciled()
+
+
+def test_a_stale_snapshot_does_not_move_a_periods_end_back():
+    start = NOW - timedelta(days=1)
+    se.ok(snap("updated", t(start, 60), (start, start + timedelta(days=31))))
+    se.ok(snap("created", t(start, 5), (start, start + timedelta(days=3)), status="trialing"), "stale")
+    assert periods() == [(start, start + timedelta(days=31), "basic", "subscription", False)]
+
+
+def test_a_canceled_subscriber_whose_period_began_at_a_month_start_gets_the_free_limits():
+    """The calendar month and the subscription period that began at its first instant share one
+    stored row (same user, same start): once the subscription is canceled, the free plan governs."""
+    start = datetime(NOW.year, NOW.month, 1, tzinfo=UTC)
+    end = datetime(NOW.year + NOW.month // 12, NOW.month % 12 + 1, 1, tzinfo=UTC)
+    se.ok(snap("created", t(start, 5), (start, end)))
+    record("e1", "ocr_tokens", 1000)
+    assert api.check("u1", "ocr_tokens", 5000)[1]["allowed"] is True  # basic: 100,000
+    se.ok(snap("deleted", t(start, 60), (start, end), status="canceled", canceled_at=NOW))
+    body = api.read("summary", "u1")[1]
+    assert body["plan"]["id"] == "free" and body["subscription"]["status"] == "canceled"
+    ocr = body["usage_types"]["ocr_tokens"]
+    assert (ocr["limit"], ocr["used"], ocr["available"]) == (100, 1000, 0)
+    status, check = api.check("u1", "ocr_tokens", 5000)
+    assert (check["allowed"], check["limit"], check["available"]) == (False, 100, 0)
+    assert_reconciled()
+
+
+def test_a_downgrade_snapshot_mid_period_keeps_the_higher_plan_until_the_period_ends():
+    """Decision (docs/decisions.md 2026-12-03): the current period keeps the plan that governed
+    it; the summary's `plan` is that plan, `subscription.plan` Stripe's new one."""
+    se.ok(snap("created", t(Q1[0], 5), Q1, price=PLUS))
+    se.ok(snap("updated", t(Q1[0], 60), Q1))  # basic, same period start
+    body = api.read("summary", "u1")[1]
+    assert (body["plan"]["id"], body["subscription"]["plan"]) == ("plus", "basic")
+    assert body["usage_types"]["premium_voice"]["limit"] == 20_000  # plus's, as the check says
+    assert api.check("u1", "premium_voice", 20_000)[1]["allowed"] is True
+    # the next period is basic's
+    se.ok(snap("updated", t(Q2[0], 5), Q2))
+    later = _summary(now=Q2[0] + timedelta(hours=1))
+    assert (later["plan"]["id"], later["usage_types"]["premium_voice"]["limit"]) == ("basic", 5000)
+
+
+@pytest.mark.parametrize("order", ["deleted-first", "failed-first"])
+def test_a_payment_failure_does_not_revive_a_canceled_subscription(order):
+    """Decision: canceled is final, whichever arrives first (Stripe may still report the failure
+    of the last invoice's final retry after it deleted the subscription)."""
+    deleted = snap("deleted", t(Q1[0], 600), Q1, status="canceled", canceled_at=NOW)
+    failed = cycle("invoice.payment_failed", t(Q1[0], 900), Q1, Q2)
+    se.ok(snap("created", t(Q1[0], 5), Q1))
+    for event in (deleted, failed) if order == "deleted-first" else (failed, deleted):
+        assert se.deliver(event)[0] == 200
+    assert mirror().status == "canceled"
+    assert api.read("summary", "u1")[1]["plan"]["id"] == "free"

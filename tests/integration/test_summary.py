@@ -9,7 +9,7 @@ import redis
 
 from bench import wire
 from tests.support import api
-from tests.support.state import query, subscribe, use_test_catalog
+from tests.support.state import iso, query, subscribe, use_test_catalog
 
 pytestmark = pytest.mark.usefixtures("clean")
 
@@ -53,10 +53,6 @@ def assert_as_the_check_says(body, user):
         got = body["usage_types"][usage_type]
         for field in ("limit", "used", "reserved", "available"):
             assert got[field] == check[field], (usage_type, field, got, check)
-
-
-def iso(moment):
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def test_stranger_gets_the_free_plan_summary_and_nothing_is_written():
@@ -238,10 +234,11 @@ def test_late_renewal_reports_the_assumed_next_period():
 def test_the_period_rows_plan_governs_the_limit_as_in_the_check():
     subscribe("u1", "basic")
     api.record("e1", "u1", "premium_voice", 100)  # creates the period row under basic
-    # the mirror says plus, the period row still says basic: the check uses the row
+    # the mirror says plus, the period row still says basic: the check uses the row, and the
+    # summary's plan is the one governing the period (the one whose limits it shows)
     query("UPDATE subscriptions SET plan_id = 'plus' RETURNING 1")
     body = summary("u1")[1]
-    assert body["plan"]["id"] == "plus"
+    assert body["plan"]["id"] == "basic" and body["subscription"]["plan"] == "plus"
     assert body["usage_types"]["premium_voice"]["limit"] == 5000
     assert_as_the_check_says(body, "u1")
 

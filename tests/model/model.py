@@ -22,7 +22,9 @@ How Stripe facts are derived: the subscription mirror is computed from the set o
 - the plan governing one period: the highest-ranked plan that an entitled snapshot of that period or
   a renewal invoice starting it reported (an upgrade applies at once, a downgrade waits for the next
   period); a period first created by a renewal as its *ending* period, with no such fact yet, is
-  governed by the best guess (the subscription's plan, else the invoice line's) until a fact arrives.
+  governed by the best guess (the subscription's plan, else the invoice line's) until a fact arrives;
+  a calendar month (no entitled subscription) is governed by the free plan. The summary's `plan` is
+  the plan governing the current period (docs/decisions.md, 2026-12-03).
 Balances are event-sourced: records, adjustments, top-ups and renewals change them when delivered.
 A renewal rolls over once per ending period, from that period's plan and usage at the time; if the
 ending period's plan changes later (a late upgrade snapshot), the rollover is recomputed from the
@@ -280,6 +282,8 @@ class Model:
         period = self.users[user].periods.get(key)
         if period is None and create:  # created by a record, adjustment or top-up: the plan of now
             period = self.users[user].periods[key] = Period(facts=[self.effective_plan(user)])
+        if not self.entitled(user):  # a calendar month: the free plan, whatever its row says
+            return period, self.catalog.free.id
         plan = self.period_plan(period) if period is not None else None
         return period, plan or self.effective_plan(user)
 
@@ -516,7 +520,7 @@ class Model:
         else:
             period = (calendar_month_start(now), None)
         return {
-            "plan": self.effective_plan(user),
+            "plan": self.current_period(user, create=False)[1],  # the plan whose limits these are
             "subscription": subscription,
             "period_start": period[0],
             "usage_types": {name: self.availability(user, name) for name in self.catalog.usage_types},

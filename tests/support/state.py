@@ -95,3 +95,8 @@ def assert_reconciled(user_id: str | None = None) -> None:
 
     report = reconcile(user_id)
     assert report.clean, str(report)
+
+
+def iso(moment: datetime) -> str:
+    """A moment as the API writes it (ISO-8601, UTC, `Z`)."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -30,6 +30,8 @@ def parse_event(raw: Any) -> UsageRequest:
     """A record request from a dict, or BadInput / PayloadTooLarge naming the fields."""
     if raw is NOT_JSON:
         raise BadInput("body: is not valid JSON")
+    if not isinstance(raw, dict):
+        raise BadInput(f"event: must be a JSON object with the fields of a record (got {type(raw).__name__})")
     try:
         return UsageRequest.model_validate(raw)
     except ValidationError as error:
@@ -56,7 +58,7 @@ def record_raw(items: list[Any]) -> list[Outcome]:
     return [o for o in outcomes if o is not None]
 
 
-def batch_results(items: list[dict[str, Any]]) -> BatchResponse:
+def batch_results(items: list[Any]) -> BatchResponse:
     results = []
     for outcome in record_raw(items):
         split, error = outcome.breakdown, outcome.error

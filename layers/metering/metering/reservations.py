@@ -36,9 +36,27 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- Amounts are decimal strings added and compared digit by digit: Lua's numbers are doubles, exact
+-- only to 2^53, and amounts go to 2^63 - 1 (api.md: 64-bit). Every string is a non-negative integer
+-- without leading zeros (as Python's str(int) writes it).
+local function add(a, b)
+  local digits, carry, i, j = {}, 0, #a, #b
+  while i > 0 or j > 0 or carry > 0 do
+    local d = carry + (i > 0 and a:byte(i) - 48 or 0) + (j > 0 and b:byte(j) - 48 or 0)
+    table.insert(digits, 1, d % 10)
+    carry, i, j = math.floor(d / 10), i - 1, j - 1
+  end
+  local sum = table.concat(digits):gsub('^0+', '')
+  if sum == '' then return '0' end
+  return sum
+end
+local function at_most(a, b)
+  if #a ~= #b then return #a < #b end
+  return a <= b
+end
 local function parse(value)
   local rtype, ramount, rexp, settled = string.match(value, '^(.*)|(%d+)|(%d+)|(%d*)$')
-  return rtype, tonumber(ramount), tonumber(rexp), tonumber(settled)
+  return rtype, ramount, tonumber(rexp), tonumber(settled)
 end
 -- The one counting rule: an unsettled hold counts (unless it is the one being re-made); a settled
 -- hold counts only for a database read that does not include its record yet.
@@ -49,18 +67,18 @@ end
 """
 
 # KEYS[1]: the user's reservation hash.
-# ARGV: usage_type, reservation_id ('' = none), amount, ttl_ms, available ('' = unlimited; may be
-# negative when debt exceeds the allowance), db_version, deadline_ms (the client has given up after
-# it: a script that runs later, e.g. in a Redis that was paused, must not leave a hold nobody knows).
-# Returns {allowed 0/1, reserved by others, expires_at_ms or 0}.
+# ARGV: usage_type, reservation_id ('' = none), amount, ttl_ms, available ('' = unlimited; '-' when
+# debt exceeds the allowance), db_version, deadline_ms (the client has given up after it: a script
+# that runs later, e.g. in a Redis that was paused, must not leave a hold nobody knows).
+# Returns {allowed 0/1, reserved by others (a decimal string), expires_at_ms or 0}.
 _CHECK_LUA = (
     _PARSE_LUA
     + """
 local now = now_ms()
 local usage_type, rid = ARGV[1], ARGV[2]
-local amount, ttl, db_version = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6])
+local amount, ttl, db_version = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[6])
 local entries = redis.call('HGETALL', KEYS[1])
-local reserved, latest = 0, 0
+local reserved, latest = '0', 0
 for i = 1, #entries, 2 do
   local id = entries[i]
   local rtype, ramount, rexp, settled = parse(entries[i + 1])
@@ -68,14 +86,13 @@ for i = 1, #entries, 2 do
     redis.call('HDEL', KEYS[1], id)
   else
     if rexp > latest then latest = rexp end
-    if rtype == usage_type and counts(id, settled, rid, db_version) then reserved = reserved + ramount end
+    if rtype == usage_type and counts(id, settled, rid, db_version) then reserved = add(reserved, ramount) end
   end
 end
+-- allowed iff amount <= max(0, available - reserved), exactly
 local allowed = 1
-if ARGV[5] ~= '' then
-  local available = tonumber(ARGV[5]) - reserved
-  if available < 0 then available = 0 end
-  if amount > available then allowed = 0 end
+if ARGV[5] ~= '' and amount ~= '0' then
+  if ARGV[5] == '-' or not at_most(add(reserved, amount), ARGV[5]) then allowed = 0 end
 end
 local expires = 0
 if allowed == 1 and rid ~= '' and now <= tonumber(ARGV[7]) then
@@ -138,7 +155,7 @@ local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
   local rtype, ramount, rexp, settled = parse(entries[i + 1])
   if rexp > now and counts(entries[i], settled, '', versions[rtype] or 0) then
-    sums[rtype] = (sums[rtype] or 0) + ramount
+    sums[rtype] = add(sums[rtype] or '0', ramount)
   end
 end
 local out = {}
@@ -241,9 +258,9 @@ def check_and_hold(
         user_id,
         usage_type,
         reservation_id or "",
-        amount,
+        str(amount),
         ttl_seconds * 1000,
-        "" if available is None else available,
+        "" if available is None else str(available) if available >= 0 else "-",
         db_version,
         int((time.time() + get_settings().redis_timeout_s + LATE_SCRIPT_MARGIN_S) * 1000),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +25,11 @@ from metering.errors import MeteringError, PayloadTooLarge, Unauthorized
 from metering.observability import logger
 
 MAX_BODY_BYTES = 5 * 1024 * 1024  # a batch of 500 events with 8 KiB of details each fits
-USER_ID_PATH = PathParam(min_length=1, max_length=255)
+# An id in a path: whatever API Gateway can deliver in one segment (it decodes the path, and
+# cannot carry '/' or '?' there; the request models refuse ids with those, and NUL, at creation).
+ID_IN_PATH = r"^[^/?\x00]+$"
+USER_ID_PATH = PathParam(min_length=1, max_length=255, pattern=ID_IN_PATH)
+RESERVATION_ID_PATH = PathParam(min_length=1, max_length=255, pattern=ID_IN_PATH)
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "validation_error, unknown_usage_type, ..."},
@@ -77,7 +82,20 @@ def body_size(event: Mapping[str, Any]) -> int:
 
 class MeteringResolver(APIGatewayHttpResolver):
     """Refuses an oversize body before anything parses it: Powertools validates the body before
-    any middleware runs, so the size gate sits in front of `resolve`."""
+    any middleware runs, so the size gate sits in front of `resolve`.
+
+    Path parameters: a route's parameter matches any text of one path segment (Powertools' own
+    pattern takes only URI-safe ASCII and word characters, so ids such as "a#b", "€" or an emoji
+    matched no route), and its value is the one API Gateway decoded into `pathParameters`, not
+    the text cut out of the path (which may still be percent-encoded)."""
+
+    @staticmethod
+    def _compile_regex(rule: str, base_regex: str = "^{}$") -> re.Pattern[str]:
+        return re.compile(base_regex.format(re.sub(r"<(\w+)>", r"(?P<\1>[^/]+)", rule)))
+
+    def _convert_matches_into_route_keys(self, match: re.Match[str]) -> dict[str, str]:
+        decoded = self.current_event.path_parameters or {}
+        return {name: decoded.get(name, value) for name, value in match.groupdict().items()}
 
     def resolve(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
         size = body_size(event)

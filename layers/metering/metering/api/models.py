@@ -17,9 +17,38 @@ from metering.errors import INT64_MAX
 
 DETAILS_MAX_BYTES = 8 * 1024
 
-UserId = Annotated[str, Field(min_length=1, max_length=255)]
-Ident = Annotated[str, Field(min_length=1, max_length=255)]
-UsageTypeName = Annotated[str, Field(min_length=1, max_length=64)]
+
+def _no_nul(value: str) -> str:
+    """PostgreSQL's text cannot hold NUL: refused as bad input rather than failing the write."""
+    if "\x00" in value:
+        raise PydanticCustomError("nul_character", "must not contain the NUL character (\\u0000)")
+    return value
+
+
+# Ids that appear in a route's path (`/v1/users/{user_id}/...`, `.../reservations/{reservation_id}`)
+# must be usable there: API Gateway cannot route a '/' inside a path segment (not even as %2F) and
+# cuts the path at a '?', so such ids are refused when they are first given, never stranded.
+UNROUTABLE = ("/", "?")
+
+
+def _routable(value: str) -> str:
+    found = [c for c in UNROUTABLE if c in value]
+    if found:
+        raise PydanticCustomError(
+            "unroutable_id",
+            "must not contain {chars}: the id appears in route paths, which cannot carry it",
+            {"chars": " or ".join(repr(c) for c in found)},
+        )
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+Ident = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_no_nul)]
+RoutedId = Annotated[
+    str, Field(min_length=1, max_length=255), AfterValidator(_no_nul), AfterValidator(_routable)
+]
+UserId = RoutedId
+UsageTypeName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_no_nul)]
 Amount = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
 PositiveAmount = Annotated[StrictInt, Field(ge=1, le=INT64_MAX)]
 
@@ -33,7 +62,7 @@ class Response(BaseModel):
 
 
 class ReservationRequest(Request):
-    id: Ident
+    id: RoutedId
     ttl_seconds: Annotated[StrictInt, Field(ge=1, le=604800)]
 
 
@@ -93,6 +122,8 @@ def _details_checked(details: dict[str, Any] | None) -> dict[str, Any] | None:
         text = compact_json(details)
     except ValueError:
         raise PydanticCustomError("not_json", "NaN and Infinity are not JSON numbers") from None
+    if "\\u0000" in text and _holds_nul(details):  # jsonb cannot hold NUL in a string or key
+        raise PydanticCustomError("nul_character", "must not contain the NUL character (\\u0000)")
     size = len(text.encode())
     if size > DETAILS_MAX_BYTES:
         raise PydanticCustomError(
@@ -103,15 +134,25 @@ def _details_checked(details: dict[str, Any] | None) -> dict[str, Any] | None:
     return JsonObject(details, text)
 
 
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
 class UsageRequest(Request):
     event_id: Ident
     user_id: UserId
     usage_type: UsageTypeName
     amount: PositiveAmount
-    reference_id: Annotated[str, Field(max_length=255)] | None = None
-    description: Annotated[str, Field(max_length=1000)] | None = None
+    reference_id: Annotated[Text, Field(max_length=255)] | None = None
+    description: Annotated[Text, Field(max_length=1000)] | None = None
     details: Annotated[dict[str, Any] | None, AfterValidator(_details_checked)] = None
-    reservation_id: Ident | None = None
+    reservation_id: RoutedId | None = None
 
 
 class BreakdownOut(Response):
@@ -136,8 +177,9 @@ class UsageResponse(Response):
 
 
 class BatchRequest(Request):
-    # Items are validated one by one so that one bad event does not reject the others.
-    events: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=500)]
+    # Items are validated one by one so that one bad event (even one that is not an object) does
+    # not reject the others.
+    events: Annotated[list[Any], Field(min_length=1, max_length=500)]
 
 
 class ErrorOut(Response):
@@ -167,7 +209,7 @@ class AdjustmentRequest(Request):
     usage_type: UsageTypeName
     pool: Literal["purchased", "rollover"]
     delta: Annotated[StrictInt, Field(ge=-INT64_MAX, le=INT64_MAX), AfterValidator(_nonzero)]
-    reason: Annotated[str, Field(min_length=1, max_length=1000)]
+    reason: Annotated[Text, Field(min_length=1, max_length=1000)]
 
 
 class AdjustmentResponse(Response):

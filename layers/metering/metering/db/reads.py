@@ -52,7 +52,7 @@ def _usage_type_select(index: int, kind: UsageType) -> str:
     if spec.label is None:
         label = "CAST(NULL AS text)"
     else:
-        label_text = _field_sql(spec.label)[1]
+        label_text = f"nullif({_field_sql(spec.label)[1]}, '')"  # an empty label is no label
         label = (
             f"(array_agg({label_text} ORDER BY recorded_at DESC, event_id DESC)"
             f" FILTER (WHERE {label_text} IS NOT NULL))[1]"

@@ -126,14 +126,13 @@ _PERIOD_AT = Statement(
     FOR UPDATE
     """
 )
-_CONFIRM_PERIOD = Statement(
+_STATE_PERIOD = Statement(
     """
     UPDATE periods SET kind = 'subscription', plan_id = :plan, period_end = :end,
         subscription_id = :subscription_id
     WHERE period_id = :period_id
     """
 )
-_SET_PERIOD_PLAN = Statement("UPDATE periods SET plan_id = :plan WHERE period_id = :period_id")
 _MARK_ROLLED_OVER = Statement("UPDATE periods SET rolled_over = true WHERE period_id = :period_id")
 
 
@@ -143,19 +142,15 @@ def period_at(conn: Connection, user_id: str, start: datetime) -> dict[str, Any]
     return None if row is None else dict(row._asdict())
 
 
-def confirm_period(
+def state_period(
     conn: Connection, period_id: UUID, plan_id: str, end: datetime, subscription_id: str
 ) -> None:
-    """A guessed period row (kind calendar or assumed) as Stripe states it."""
+    """A period row as Stripe states it: a subscription's period, its plan and its end."""
     queue(
         conn,
-        _CONFIRM_PERIOD,
+        _STATE_PERIOD,
         {"period_id": period_id, "plan": plan_id, "end": end, "subscription_id": subscription_id},
     )
-
-
-def set_period_plan(conn: Connection, period_id: UUID, plan_id: str) -> None:
-    queue(conn, _SET_PERIOD_PLAN, {"period_id": period_id, "plan": plan_id})
 
 
 def mark_rolled_over(conn: Connection, period_id: UUID) -> None:

@@ -25,11 +25,12 @@ def group_key(group: dict[str, Any]) -> str:
 
 
 def label_of(spec: Breakdown, reference_id: str | None, details: dict[str, Any] | None) -> str | None:
-    """The label as text, the way PostgreSQL's `->>` renders a JSON value."""
+    """The label as text, the way PostgreSQL's `->>` renders a JSON value. An empty label is no
+    label, here and in the breakdown's SQL (`metering.db.reads`): the latest non-empty one shows."""
     if spec.label is None:
         return None
     value = field_value(spec.label, reference_id, details)
-    if value is None:
+    if value is None or value == "":
         return None
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 

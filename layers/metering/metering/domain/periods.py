@@ -103,3 +103,14 @@ def resolve_period(sub: SubscriptionState | None, moment: datetime, free_plan_id
                 return PeriodSpec(start, end, sub.plan_id, "assumed", sub.subscription_id)
     start, end = calendar_month(moment)
     return PeriodSpec(start, end, free_plan_id, "calendar")
+
+
+def governing_plan(spec: PeriodSpec, stored_plan: str | None) -> str:
+    """The plan whose limits apply in the period `spec` describes. A subscription's period (stored
+    or assumed) is governed by the plan its row remembers, which upgrades raise and downgrades do
+    not lower (they wait for the next period); a calendar month is governed by the free plan, even
+    when its row is the one of an ended subscription period that began at the same instant (rows
+    are keyed by user and start)."""
+    if spec.kind == "calendar" or stored_plan is None:
+        return spec.plan_id
+    return stored_plan

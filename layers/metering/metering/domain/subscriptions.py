@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 TERMINAL_STATUS = "canceled"  # Stripe never reactivates a canceled subscription
 
@@ -142,17 +142,21 @@ def mark_paid(account: Row, moment: datetime) -> None:
     account["last_paid_at"] = moment if current is None else max(current, moment)
 
 
-type Correction = Literal["keep", "confirm", "raise"]
-
-
-def period_correction(row: Row, plan_id: str, rank: Callable[[str | None], int]) -> Correction:
-    """What a snapshot stating that `plan_id` governs the period of `row` changes in it:
-    - `confirm`: the row was only guessed (created by usage, kind calendar or assumed, or by a
-      renewal before any snapshot): it takes Stripe's plan and end;
-    - `raise`: a mid-period upgrade applies at once (a downgrade waits for the next period);
-    - `keep`: nothing."""
+def period_correction(
+    row: Row, plan_id: str, end: datetime, rank: Callable[[str | None], int], *, newest: bool
+) -> tuple[str, datetime] | None:
+    """The (plan, end) a stored period row should have once a snapshot states that `plan_id`
+    governs the period starting at the row's start and ending at `end`; None when nothing changes.
+    `newest`: no later snapshot of the subscription was applied before (a fresh one).
+    - A guessed row (created by usage, kind calendar or assumed, or by a renewal before any
+      snapshot) takes Stripe's plan and end.
+    - A subscription row: an upgrade applies at once, a downgrade waits for the next period; its
+      end follows the newest snapshot (Stripe extends a trial, or switches the interval, without
+      moving the start: the row must go on containing the moments it covers)."""
     if row["kind"] != "subscription":
-        return "confirm"
-    if row["plan_id"] != plan_id and rank(plan_id) > rank(row["plan_id"]):
-        return "raise"
-    return "keep"
+        return plan_id, end
+    plan = plan_id if rank(plan_id) > rank(row["plan_id"]) else row["plan_id"]
+    new_end = end if newest else row["period_end"]
+    if (plan, new_end) == (row["plan_id"], row["period_end"]):
+        return None
+    return plan, new_end

@@ -13,7 +13,7 @@ from metering.catalog import Catalog, Plan, UsageType, get_catalog
 from metering.config import get_settings
 from metering.db.ledger import PairState, PeriodRow, Pools, lock_pairs
 from metering.domain.ledger import available, remaining
-from metering.domain.periods import PeriodSpec, resolve_period
+from metering.domain.periods import PeriodSpec, governing_plan, resolve_period
 from metering.errors import UnknownUsageType
 
 
@@ -54,6 +54,7 @@ class Standing:
     pooled: bool
     spec: PeriodSpec
     row: PeriodRow | None
+    plan_id: str  # the plan governing the period (`domain.periods.governing_plan`)
     limit: int | None
     used: int
     rollover: int
@@ -84,9 +85,9 @@ def standing(m: Meter, state: PairState, now: datetime) -> Standing:
     """Where the pair of `state` stands at `now` (metering.md "Check", steps 1-4)."""
     spec = resolve_period(state.subscription, now, m.catalog.free_plan.id)
     row, used = state.period(spec)
-    limit = m.limit(row.plan_id if row else spec.plan_id)
+    plan_id = governing_plan(spec, row.plan_id if row else None)
     rollover, purchased = (state.rollover, state.purchased) if m.pools else (0, 0)
-    return Standing(m.pools, spec, row, limit, used, rollover, purchased, state.version)
+    return Standing(m.pools, spec, row, plan_id, m.limit(plan_id), used, rollover, purchased, state.version)
 
 
 def locked_standing(conn: Connection, m: Meter, user_id: str, now: datetime) -> Standing:

@@ -89,9 +89,12 @@ def summary(user_id: str, now: datetime | None = None) -> SummaryResponse:
         )
         for name, st in standings.items()
     }
-    subscription = states[pairs[0]].subscription if pairs else None
-    spec = resolve_period(subscription, now, catalog.free_plan.id)
-    plan = catalog.find_plan(spec.plan_id) or catalog.free_plan
+    # the plan governing the current period: the one whose limits these are (after a downgrade
+    # mid-period, the higher plan until the period ends; `subscription.plan` is Stripe's newest)
+    first = next(iter(standings.values()))
+    subscription = states[pairs[0]].subscription
+    spec = first.spec
+    plan = catalog.find_plan(first.plan_id) or catalog.free_plan
     return SummaryResponse(
         user_id=user_id,
         billing_enabled=get_settings().billing_enabled,

@@ -36,6 +36,7 @@ from metering.db.ledger import (
 )
 from metering.domain.grouping import group_key, group_of, label_of, measures_of
 from metering.domain.ledger import ZERO, Breakdown, waterfall
+from metering.domain.periods import governing_plan
 from metering.errors import AmountOutOfRange, EventIdConflict, InternalError, MeteringError, check_int64
 from metering.observability import Metric, count, logger
 from metering.services.context import Meter, meter, standing
@@ -219,7 +220,13 @@ def _open_pairs(
             )
         state = states[(user_id, usage_type)]
         pairs[(user_id, usage_type)] = _Pair(
-            m, period.period_id, m.limit(period.plan_id), st.used, state.rollover, state.purchased, st.version
+            m,
+            period.period_id,
+            m.limit(governing_plan(st.spec, period.plan_id)),
+            st.used,
+            state.rollover,
+            state.purchased,
+            st.version,
         )
     return pairs
 

@@ -193,7 +193,7 @@ class _Sync:
         stripe_mirror.write_account(self.conn, account)
 
         if is_current and status in ENTITLED_STATUSES and plan is not None and sub.period is not None:
-            self.period_fact(user, sub.period, plan, sub.id, confirmed=True)
+            self.period_fact(user, sub.period, plan, sub.id, confirmed=True, newest=fresh)
         return OK if fresh else STALE
 
     # --- periods ------------------------------------------------------------------------------------
@@ -206,9 +206,11 @@ class _Sync:
         subscription_id: str,
         *,
         confirmed: bool,
+        newest: bool = False,
     ) -> None:
-        """Stripe says `period` is governed by `plan` (`confirmed`), or we guess so (a renewal that
-        knows the period but not its plan): create the row, or correct the one there."""
+        """Stripe says `period` is governed by `plan` (`confirmed`; `newest`: by the newest snapshot
+        so far), or we guess so (a renewal that knows the period but not its plan): create the row,
+        or correct the one there."""
         start, end = period
         row = stripe_mirror.period_at(self.conn, user, start)
         if row is None:
@@ -218,12 +220,12 @@ class _Sync:
             assert row is not None
         if not confirmed:
             return
-        correction = rules.period_correction(row, plan.id, self.rank)
-        if correction == "confirm":
-            stripe_mirror.confirm_period(self.conn, row["period_id"], plan.id, end, subscription_id)
-        elif correction == "raise":
-            stripe_mirror.set_period_plan(self.conn, row["period_id"], plan.id)
-        if correction != "keep" and row["plan_id"] != plan.id and row["rolled_over"]:
+        corrected = rules.period_correction(row, plan.id, end, self.rank, newest=newest)
+        if corrected is None:
+            return
+        plan_id, new_end = corrected
+        stripe_mirror.state_period(self.conn, row["period_id"], plan_id, new_end, subscription_id)
+        if plan_id != row["plan_id"] and row["rolled_over"]:
             self.reprice_rollover(user, row["period_id"], plan)
 
     def reprice_rollover(self, user: str, period_id: UUID, plan: Plan) -> None:

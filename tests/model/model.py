@@ -14,7 +14,11 @@ Scope (the test restricts what it generates to this):
 
 How Stripe facts are derived: the subscription mirror is computed from the set of delivered events
 (metering.md "Stripe subscription lifecycle": the result must not depend on delivery order):
-- plan: the plan of the newest delivered snapshot (by the event's `created`);
+- events are ordered by `created`, then, within one second (Stripe's `created` has one-second
+  resolution), by the stage of Stripe's lifecycle they report (incomplete, then started: trialing,
+  active or past_due, then canceled: a subscription never goes back a stage), then by event id (a
+  fixed rule for what Stripe leaves unordered);
+- plan: the plan of the newest delivered snapshot (in that order);
 - status: `canceled` once any canceled snapshot arrived (final, as in Stripe), else the status of the
   newest delivered status change (snapshots and failed payments);
 - current period: the latest period start any delivered snapshot or paid renewal names (a period
@@ -190,6 +194,14 @@ SNAPSHOTS = (
 PAID = ("invoice.paid", "invoice.payment_succeeded")
 
 
+type Order = tuple[int, int, str]  # created, lifecycle stage, event id
+STAGES = {"incomplete": 0, "canceled": 2}  # every other status: 1, started
+
+
+def order(fact: StripeFact, status: str | None) -> Order:
+    return (fact.created, STAGES.get(status or "", 1), fact.id)
+
+
 # --- per-user state ----------------------------------------------------------------------------------
 
 
@@ -213,10 +225,10 @@ class User:
     purchased: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     periods: dict[int | str, Period] = field(default_factory=dict)
     holds: dict[str, tuple[str, int]] = field(default_factory=dict)  # live reservations
-    snapshots: list[tuple[int, str, tuple[int, int]]] = field(default_factory=list)  # created, plan, period
-    status_changes: list[tuple[int, str]] = field(default_factory=list)
-    status_created: int = 0  # of the last status change applied (for `stale` answers)
-    snapshot_created: int = 0  # of the newest snapshot applied
+    snapshots: list[tuple[Order, str, tuple[int, int]]] = field(default_factory=list)  # order, plan, period
+    status_changes: list[tuple[Order, str]] = field(default_factory=list)
+    status_order: Order = (0, 0, "")  # of the last status change applied (for `stale` answers)
+    snapshot_order: Order = (0, 0, "")  # of the newest snapshot applied
     period_ends: dict[int, int] = field(default_factory=dict)  # every period start named -> its end
     renewals: dict[str, Renewal] = field(default_factory=dict)
 
@@ -412,20 +424,21 @@ class Model:
             return self._checkout(fact)
         raise AssertionError(f"not generated: {fact.type}")
 
-    def _status_change(self, u: User, created: int, status: str) -> None:
-        u.status_changes.append((created, status))
+    def _status_change(self, u: User, key: Order, status: str) -> None:
+        u.status_changes.append((key, status))
         final = any(s == "canceled" for _, s in u.status_changes[:-1])
-        if status == "canceled" or (not final and created >= u.status_created):
-            u.status_created = max(u.status_created, created)
+        if status == "canceled" or (not final and key >= u.status_order):
+            u.status_order = max(u.status_order, key)
 
     def _snapshot(self, fact: StripeFact) -> str:
         assert fact.plan is not None and fact.status is not None and fact.period is not None
         u = self.users[fact.user]
-        fresh = fact.created >= u.snapshot_created
-        u.snapshot_created = max(u.snapshot_created, fact.created)
         status = "canceled" if fact.type.endswith(".deleted") else fact.status
-        u.snapshots.append((fact.created, fact.plan, fact.period))
-        self._status_change(u, fact.created, status)
+        key = order(fact, status)
+        fresh = key >= u.snapshot_order
+        u.snapshot_order = max(u.snapshot_order, key)
+        u.snapshots.append((key, fact.plan, fact.period))
+        self._status_change(u, key, status)
         u.period_ends[fact.period[0]] = fact.period[1]
         if status in ENTITLED:
             self._period_fact(fact.user, fact.period[0], fact.plan)
@@ -489,9 +502,9 @@ class Model:
         u = self.users[fact.user]
         if fact.billing_reason == "subscription_create":
             return "ok"
-        if fact.created < u.status_created:
+        if order(fact, "past_due") < u.status_order:
             return "stale"
-        self._status_change(u, fact.created, "past_due")
+        self._status_change(u, order(fact, "past_due"), "past_due")
         return "ok"
 
     def _checkout(self, fact: StripeFact) -> str:

@@ -14,6 +14,8 @@ plain counter; limits small enough that every branch of the waterfall is reached
 - releases (204 when live, 404 otherwise) and reservation expiry (the hold's deadline is moved into
   the past in Redis, as time would);
 - Stripe: subscription created / updated (basic <-> plus, active / past_due) / deleted or canceled,
+  Checkout signups (created `incomplete`, updated `active`, in one `created` second), renewals
+  whose events share one second,
   mid-period upgrades and scheduled downgrades, renewals (a paid `subscription_cycle` invoice and the
   snapshot that moves the period, in either `created` order, sometimes after a failed first attempt,
   sometimes also as `invoice.payment_succeeded`), failed payments and recovery, top-ups (paid
@@ -29,7 +31,7 @@ Deliberately left out (each is covered by the integration suites instead):
 - subscription periods all contain "now" (they start in the past, one minute apart, and end 30 days
   later), because the service uses the real clock: no assumed period after a late renewal, no usage
   in a period that has ended; renewals therefore move between overlapping periods;
-- no cancellation flags (cancel_at...), trials, paused / incomplete subscriptions, unknown prices;
+- no cancellation flags (cancel_at...), trials, paused subscriptions, unknown prices;
 - billing always enabled; Redis always reachable; no concurrency (the steps are sequential, so a
   settled hold never counts); batches and the SQS queue are not driven here.
 
@@ -190,17 +192,23 @@ class LedgerMachine(RuleBasedStateMachine):
         self.serial += 1
         return f"{prefix}{self.serial}"
 
-    def emit(self, user: str, event_type: str, **fields) -> StripeFact:
-        self.created += 10
+    def emit(self, user: str, event_type: str, *, same_second: bool = False, **fields) -> StripeFact:
+        """Queue a Stripe event; `same_second`: with the `created` of the event before it (Stripe's
+        `created` has one-second resolution: a signup's or a renewal's events often share one)."""
+        if not same_second:
+            self.created += 10
         fact = StripeFact(id=self.next_id("evt_"), type=event_type, created=self.created, user=user, **fields)
         self.pending.append(fact)
         return fact
 
-    def snapshot(self, user: str, event_type: str, *, k: int, status: str | None = None) -> StripeFact:
+    def snapshot(
+        self, user: str, event_type: str, *, k: int, status: str | None = None, same_second: bool = False
+    ) -> StripeFact:
         w = self.world[user]
         return self.emit(
             user,
             event_type,
+            same_second=same_second,
             sub_id=f"sub_{user}",
             plan=w.plan,
             status=status or w.status,
@@ -218,6 +226,7 @@ class LedgerMachine(RuleBasedStateMachine):
         change=st.booleans(),
         renewals=st.integers(0, 3),
         order=st.sampled_from(RENEWAL_ORDERS),
+        checkout=st.booleans(),
     )
     def start(
         self,
@@ -226,13 +235,14 @@ class LedgerMachine(RuleBasedStateMachine):
         change: bool = False,
         renewals: int = 0,
         order: str = "snapshot_first",
+        checkout: bool = False,
     ) -> None:
         """Most examples begin with subscriptions bought at Stripe, maybe a plan change and a few
         renewals too: all queued, none delivered yet, so usage lands in periods whose renewal is
         still on its way (and an upgrade may arrive after the renewal that ends its period)."""
         for user, plan in (("u1", u1), ("u2", u2)):
             if plan is not None:
-                self.stripe_subscribe(user, plan)
+                self.stripe_subscribe(user, plan, checkout)
                 if change:
                     self.stripe_change_plan(user, "plus" if plan == "basic" else "basic")
                 for _ in range(renewals):
@@ -380,12 +390,19 @@ class LedgerMachine(RuleBasedStateMachine):
     # --- Stripe: what happens at Stripe (events are queued, not delivered) ------------------------------
 
     @precondition(lambda self: any(not w.subscribed for w in self.world.values()))
-    @rule(user=st.sampled_from(USERS), plan=st.sampled_from(PLANS))
-    def stripe_subscribe(self, user: str, plan: str) -> None:
+    @rule(user=st.sampled_from(USERS), plan=st.sampled_from(PLANS), checkout=st.booleans())
+    def stripe_subscribe(self, user: str, plan: str, checkout: bool = False) -> None:
+        """With `checkout`, as a Checkout signup: the subscription is created `incomplete` and
+        updated to `active` once paid, both in one second."""
         user = self.pick(user, lambda w: not w.subscribed)
         w = self.world[user]
-        w.subscribed, w.plan, w.status = True, plan, "active"
-        self.snapshot(user, "customer.subscription.created", k=0)
+        w.subscribed, w.plan = True, plan
+        if checkout:
+            self.snapshot(user, "customer.subscription.created", k=0, status="incomplete")
+            STATS["signups in one second"] += 1
+        w.status = "active"
+        kind = "customer.subscription.updated" if checkout else "customer.subscription.created"
+        self.snapshot(user, kind, k=0, same_second=checkout)
 
     @precondition(lambda self: any(w.live for w in self.world.values()))
     @rule(user=st.sampled_from(USERS), plan=st.sampled_from(PLANS))
@@ -401,10 +418,12 @@ class LedgerMachine(RuleBasedStateMachine):
         user=st.sampled_from(USERS),
         order=st.sampled_from(RENEWAL_ORDERS),
         also_succeeded=st.booleans(),
+        same_second=st.booleans(),
     )
-    def stripe_renew(self, user: str, order: str, also_succeeded: bool) -> None:
+    def stripe_renew(self, user: str, order: str, also_succeeded: bool, same_second: bool = False) -> None:
         """The period ends: Stripe moves the subscription to the next period and pays the cycle
-        invoice (after a failed first attempt, with `failed_first`)."""
+        invoice (after a failed first attempt, with `failed_first`); with `same_second`, all of it
+        within one second of Stripe's `created`."""
         user = self.pick(user, lambda w: w.live and w.k < MAX_RENEWALS)
         w = self.world[user]
         invoice = {
@@ -416,22 +435,25 @@ class LedgerMachine(RuleBasedStateMachine):
             "billing_reason": "subscription_cycle",
         }
         w.k += 1
+        one = {"same_second": same_second}  # for every event after the first
+        if same_second:
+            STATS["renewals in one second"] += 1
         if order == "failed_first":
             self.emit(user, "invoice.payment_failed", **invoice)
-            self.snapshot(user, "customer.subscription.updated", k=w.k, status="past_due")
-            self.emit(user, "invoice.paid", **invoice)
+            self.snapshot(user, "customer.subscription.updated", k=w.k, status="past_due", **one)
+            self.emit(user, "invoice.paid", **invoice, **one)
             w.status = "active"
-            self.snapshot(user, "customer.subscription.updated", k=w.k)
+            self.snapshot(user, "customer.subscription.updated", k=w.k, **one)
         elif order == "snapshot_first":
             w.status = "active"
             self.snapshot(user, "customer.subscription.updated", k=w.k)
-            self.emit(user, "invoice.paid", **invoice)
+            self.emit(user, "invoice.paid", **invoice, **one)
         else:
             self.emit(user, "invoice.paid", **invoice)
             w.status = "active"
-            self.snapshot(user, "customer.subscription.updated", k=w.k)
+            self.snapshot(user, "customer.subscription.updated", k=w.k, **one)
         if also_succeeded:
-            self.emit(user, "invoice.payment_succeeded", **invoice)
+            self.emit(user, "invoice.payment_succeeded", **invoice, **one)
 
     @precondition(lambda self: any(w.live for w in self.world.values()))
     @rule(user=st.sampled_from(USERS), with_snapshot=st.booleans())

@@ -53,7 +53,7 @@ _LOCK_SUBSCRIPTION = Statement(
         SET customer_id = coalesce(subscriptions.customer_id, excluded.customer_id)
     RETURNING subscription_id, user_id, customer_id, price_id, plan_id, status, stripe_status,
               current_period_start, current_period_end, billing_cycle_anchor, cancel_at_period_end,
-              cancel_at, canceled_at, created, snapshot_created, status_created
+              cancel_at, canceled_at, created, snapshot_created, status_created, snapshot_key, status_key
     """
 )
 _WRITE_SUBSCRIPTION = Statement(
@@ -63,7 +63,8 @@ _WRITE_SUBSCRIPTION = Statement(
         current_period_start = :current_period_start, current_period_end = :current_period_end,
         billing_cycle_anchor = :billing_cycle_anchor, cancel_at_period_end = :cancel_at_period_end,
         cancel_at = :cancel_at, canceled_at = :canceled_at, created = :created,
-        snapshot_created = :snapshot_created, status_created = :status_created, updated_at = now()
+        snapshot_created = :snapshot_created, status_created = :status_created,
+        snapshot_key = :snapshot_key, status_key = :status_key, updated_at = now()
     WHERE subscription_id = :subscription_id
     """
 )

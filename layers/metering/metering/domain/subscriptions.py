@@ -2,9 +2,10 @@
 on their delivery order (metering.md "Stripe subscription lifecycle"). Plain functions over the
 mirror's rows (dicts of their columns, `metering.db.stripe_mirror`); no database here.
 
-- The mirror's fields come from the newest snapshot (`snapshot_created`); its status from the
-  newest status change (`status_created`: snapshots and failed payments), except that `canceled`
-  is final, as it is in Stripe; its period only ever moves forward.
+- Events are ordered by `order_key`: their `created` second, then their stage of Stripe's
+  lifecycle, then their id. The mirror's fields come from the newest snapshot (`snapshot_key`);
+  its status from the newest status change (`status_key`: snapshots and failed payments), except
+  that `canceled` is final, as it is in Stripe; its period only ever moves forward.
 - A snapshot, even a stale one, is a fact about the period it describes: the period's plan is the
   highest-ranked plan any entitled snapshot reported for it (`period_correction`).
 - The account's current subscription is the one with the greatest Stripe `created`; the highest
@@ -18,6 +19,21 @@ from datetime import datetime
 from typing import Any
 
 TERMINAL_STATUS = "canceled"  # Stripe never reactivates a canceled subscription
+
+# Stripe's lifecycle of a subscription, in stages it never goes back from: it starts `incomplete`
+# (the first payment not made yet), is started once paid or trialing (trialing, active, past_due,
+# unpaid and paused move back and forth), and ends canceled (or incomplete_expired).
+LIFECYCLE = {
+    "incomplete": 0,
+    "trialing": 1,
+    "active": 1,
+    "past_due": 1,
+    "unpaid": 1,
+    "paused": 1,
+    "canceled": 2,
+    "incomplete_expired": 2,
+}
+STARTED = 1
 
 type Row = dict[str, Any]
 
@@ -37,12 +53,22 @@ def resolve_user(
     return explicit or linked_to_subscription or linked_by_checkout or linked_to_customer()
 
 
-def apply_status(mirror: Row, status: str, stripe_status: str, created: int) -> None:
-    """The newest status change wins, except that canceled is final (as in Stripe)."""
+def order_key(created: int, stripe_status: str | None, event_id: str) -> str:
+    """Where an event of a subscription stands among its others, as text that sorts in the order
+    they happened: its `created` second; within one second (Stripe's `created` cannot tell a
+    signup's `incomplete` snapshot from its `active` one) the stage of the lifecycle the event
+    reports (`stripe_status`; None, or a status not listed, counts as started); and last its id,
+    a fixed rule for what Stripe leaves unordered, so that no result depends on delivery order."""
+    return f"{created:020d}:{LIFECYCLE.get(stripe_status or '', STARTED)}:{event_id}"
+
+
+def apply_status(mirror: Row, status: str, stripe_status: str, created: int, key: str) -> None:
+    """The newest status change (by `order_key`) wins, except that canceled is final (as in Stripe)."""
     final = mirror["status"] == TERMINAL_STATUS
-    if status == TERMINAL_STATUS or (not final and created >= mirror["status_created"]):
+    if status == TERMINAL_STATUS or (not final and key >= mirror["status_key"]):
         mirror.update(status=status, stripe_status=stripe_status)
         mirror["status_created"] = max(mirror["status_created"], created)
+        mirror["status_key"] = max(mirror["status_key"], key)
 
 
 def merge_snapshot(
@@ -53,11 +79,12 @@ def merge_snapshot(
     plan_id: str | None,
     status: str,
     created: int,
+    key: str,
 ) -> bool:
-    """A subscription snapshot of event time `created` into its mirror row; True if it is the
-    newest snapshot so far (fresh), False if a newer one was applied already (stale: only the facts
-    that do not depend on order are kept)."""
-    fresh = created >= mirror["snapshot_created"]
+    """A subscription snapshot of event time `created` (and `order_key` `key`) into its mirror
+    row; True if it is the newest snapshot so far (fresh), False if a newer one was applied
+    already (stale: only the facts that do not depend on order are kept)."""
+    fresh = key >= mirror["snapshot_key"]
     mirror["user_id"] = user_id
     if snapshot.created is not None:
         mirror["created"] = snapshot.created  # immutable in Stripe: any snapshot may fill it in
@@ -72,8 +99,9 @@ def merge_snapshot(
             cancel_at=snapshot.cancel_at,
             canceled_at=snapshot.canceled_at,
             snapshot_created=created,
+            snapshot_key=key,
         )
-    apply_status(mirror, status, snapshot.stripe_status, created)
+    apply_status(mirror, status, snapshot.stripe_status, created, key)
     if snapshot.period is not None:
         start, end = snapshot.period
         if mirror["current_period_start"] is None or start > mirror["current_period_start"]:
@@ -91,16 +119,16 @@ def advance_period(mirror: Row, period: tuple[datetime, datetime] | None) -> Non
         mirror.update(current_period_start=period[0], current_period_end=period[1])
 
 
-def payment_failed(mirror: Row, billing_reason: str | None, created: int) -> bool:
+def payment_failed(mirror: Row, billing_reason: str | None, created: int, key: str) -> bool:
     """A failed invoice payment: the subscription is past due (still entitled), unless it was the
     first payment (Stripe keeps such a subscription `incomplete`) or it is canceled (final).
     False if a newer status change was applied already (stale)."""
     if billing_reason == "subscription_create":
         return True
-    if created < mirror["status_created"]:
+    if key < mirror["status_key"]:
         return False
     if mirror["status"] != TERMINAL_STATUS:
-        mirror.update(status="past_due", stripe_status="past_due", status_created=created)
+        mirror.update(status="past_due", stripe_status="past_due", status_created=created, status_key=key)
     return True
 
 

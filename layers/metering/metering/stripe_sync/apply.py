@@ -181,6 +181,9 @@ class _Sync:
             plan_id=plan.id if plan else None,
             status=status,
             created=event.created,
+            key=rules.order_key(
+                event.created, status if status == "canceled" else sub.stripe_status, event.id
+            ),
         )
         if mirror != before:
             stripe_mirror.write_subscription(self.conn, mirror)
@@ -375,7 +378,8 @@ class _Sync:
         stripe_mirror.lock_account(self.conn, user)
         before = dict(mirror)
         mirror["user_id"] = mirror["user_id"] or user
-        current = rules.payment_failed(mirror, invoice.billing_reason, event.created)
+        key = rules.order_key(event.created, "past_due", event.id)
+        current = rules.payment_failed(mirror, invoice.billing_reason, event.created, key)
         if mirror != before:
             stripe_mirror.write_subscription(self.conn, mirror)
         return OK if current else STALE
@@ -419,7 +423,7 @@ class _Sync:
         kept = [
             parse_event(payload) for payload in stripe_mirror.take_kept(self.conn, subscription_id, customer)
         ]
-        for event in sorted(kept, key=lambda e: (e.created, e.id)):
+        for event in sorted(kept, key=_order):
             outcome = self.dispatch(event, linked_user=user)
             stripe_mirror.set_outcome(self.conn, event.id, outcome)
             logger.info("kept stripe event applied", extra={"event_id": event.id, "outcome": outcome})
@@ -454,6 +458,12 @@ class _Sync:
             purchased=amount,
         )
         return OK
+
+
+def _order(event: StripeEvent) -> str:
+    """Kept events are applied in the order they happened (`rules.order_key`)."""
+    status = event.object.get("status") if event.type in SNAPSHOT_TYPES else None
+    return rules.order_key(event.created, status if isinstance(status, str) else None, event.id)
 
 
 def _now() -> datetime:

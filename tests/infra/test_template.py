@@ -1,7 +1,8 @@
-"""template.yaml: the linters, the SAM translator, a container-free `sam build`, and the contract.
+"""template.yaml: the linters, the SAM translator and checkov (on infra/quickstart.yaml too), a
+container-free `sam build`, and the contract.
 
-Tools come from SAM_BIN (a directory with `sam` and `cfn-lint`, default <repo>/.venv-sam/bin, made
-by `make samvenv`) and PY312_BIN (a directory with python3.12, which the build's Makefiles use and
+Tools come from tests/support/tools.py: SAM_BIN (`sam` and `cfn-lint`, `make samvenv`),
+CHECKOV_BIN (`make checkovvenv`) and PY312_BIN (python3.12, which the build's Makefiles use and
 the import checks run). Missing tools fail the tests; they are never skipped.
 
 `sam build` runs once per module; its output is then checked as Lambda would load it: bytecode
@@ -19,7 +20,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 import tomllib
@@ -34,10 +34,10 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from metering.devtools.template import load_template
+from tests.support.tools import REPO, ok, py312_bin, run_tool, sam_build, sam_translate, tool
 
 pytestmark = [pytest.mark.infra, pytest.mark.xdist_group("infra")]
 
-REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
 
 # api.md section 1: logical id -> CodeUri
@@ -81,108 +81,116 @@ ENV_VARS = {
 
 
 # ---------------------------------------------------------------------------------------------
-# tools
+# the linters, the translator and the security scanner, on both templates
+
+TEMPLATES = ["template.yaml", "infra/quickstart.yaml"]
 
 
-def _sam_bin() -> Path:
-    return Path(os.environ.get("SAM_BIN") or REPO / ".venv-sam" / "bin")
+@pytest.mark.parametrize("template_file", TEMPLATES)
+def test_cfn_lint(template_file: str) -> None:
+    ok(run_tool([str(tool("cfn-lint")), template_file], timeout=180))
 
 
-def _py312_bin() -> Path | None:
-    if os.environ.get("PY312_BIN"):
-        return Path(os.environ["PY312_BIN"])
-    for candidate in sorted(Path("/root/.pyenv/versions").glob("3.12*/bin")):
-        if (candidate / "python3.12").exists():
-            return candidate
-    found = shutil.which("python3.12")
-    return Path(found).parent if found else None
+@pytest.mark.parametrize("template_file", TEMPLATES)
+def test_sam_validate_lint(template_file: str) -> None:
+    ok(run_tool([str(tool("sam")), "validate", "--lint", "--template-file", template_file], timeout=180))
 
 
-def _tool(name: str) -> Path:
-    path = _sam_bin() / name
-    if not os.access(path, os.X_OK):
-        pytest.fail(
-            f"{path} not found: run `make samvenv` (or set SAM_BIN to a directory with sam and cfn-lint)"
-        )
-    return path
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(
-        SAM_CLI_TELEMETRY="0",
-        # fake credentials and no config files: nothing may reach AWS
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_SESSION_TOKEN="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_REGION="us-east-1",
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-        AWS_EC2_METADATA_DISABLED="true",
-        PIP_DISABLE_PIP_VERSION_CHECK="1",
-    )
-    env.update(extra)
-    return env
-
-
-def _run(
-    cmd: list[str], timeout: float, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(
-            cmd, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(
-            f"{' '.join(cmd)} timed out after {timeout} s\nstdout:\n{exc.stdout}\nstderr:\n{exc.stderr}"
-        )
-
-
-def _ok(proc: subprocess.CompletedProcess[str]) -> None:
-    assert proc.returncode == 0, (
-        f"{' '.join(map(str, proc.args))} exited {proc.returncode}\n"
-        f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# the four commands
-
-
-def test_cfn_lint() -> None:
-    _ok(_run([str(_tool("cfn-lint")), "template.yaml"], timeout=180))
-
-
-def test_sam_validate_lint() -> None:
-    _ok(_run([str(_tool("sam")), "validate", "--lint", "--template-file", "template.yaml"], timeout=180))
-
-
-def test_sam_validate_translator() -> None:
+@pytest.mark.parametrize("template_file", TEMPLATES)
+def test_sam_validate_translator(template_file: str) -> None:
     # catches what the linters do not (an undefined route authorizer, for one)
-    proc = _run(
-        [str(_tool("sam")), "validate", "--region", "us-east-1", "--template-file", "template.yaml"],
+    proc = run_tool(
+        [str(tool("sam")), "validate", "--region", "us-east-1", "--template-file", template_file],
         timeout=180,
     )
-    _ok(proc)
+    ok(proc)
+
+
+def _checkov(template_file: str | Path) -> dict[str, Any]:
+    """checkov's report on one template, with the repository's settings (.checkov.yaml)."""
+    proc = run_tool(
+        [
+            str(tool("checkov")),
+            "--config-file",
+            ".checkov.yaml",
+            "--file",
+            str(template_file),
+            "--output",
+            "json",
+        ],
+        timeout=300,
+    )
+    # 0: no failed check, 1: some failed; anything else is checkov itself failing
+    assert proc.returncode in (0, 1), f"checkov exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    report = json.loads(proc.stdout)
+    assert isinstance(report, dict) and report.get("check_type") == "cloudformation", proc.stdout[:2000]
+    return report
+
+
+def _reason(check: dict[str, Any]) -> str:
+    return str(check["check_result"].get("suppress_comment") or "")
+
+
+@pytest.mark.parametrize("template_file", TEMPLATES)
+def test_checkov_finds_nothing_and_every_skip_says_why(template_file: str) -> None:
+    report = _checkov(template_file)
+    failed = [
+        f"{c['check_id']} {c['check_name']}: {c['resource']} (line {c['file_line_range'][0]})"
+        for c in report["results"]["failed_checks"]
+    ]
+    assert not failed, f"checkov: {len(failed)} failed checks in {template_file}:\n" + "\n".join(failed)
+    assert report["summary"]["passed"] > 0, "checkov checked nothing"
+    unexplained = [
+        f"{c['check_id']} on {c['resource']}"
+        for c in report["results"]["skipped_checks"]
+        if len(_reason(c)) < 40  # checkov's stand-in for none is "No comment provided"
+    ]
+    assert not unexplained, f"skipped without a reason: {unexplained}"
+
+
+def test_checkov_fails_what_it_should(tmp_path: Path) -> None:
+    """The scan is not vacuous: with the repository's settings, a queue without encryption and a
+    skip without a reason both show."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "Resources:\n"
+        "  Plain:\n"
+        "    Type: AWS::SQS::Queue\n"
+        "  Skipped:\n"
+        "    Type: AWS::SQS::Queue\n"
+        "    Metadata:\n"
+        "      checkov:\n"
+        "        skip:\n"
+        "          - id: CKV_AWS_27\n"
+    )
+    report = _checkov(bad)
+    assert [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]] == [
+        ("CKV_AWS_27", "AWS::SQS::Queue.Plain")
+    ]
+    assert [_reason(c) for c in report["results"]["skipped_checks"]] == ["No comment provided"]
+
+
+def test_checks_skipped_everywhere_say_why() -> None:
+    """.checkov.yaml's skip-check entries: each with a comment of its own just above it."""
+    lines = (REPO / ".checkov.yaml").read_text().splitlines()
+    config = yaml.safe_load("\n".join(lines))
+    assert config["skip-download"] is True, "offline: checkov must not fetch Prisma Cloud's guidelines"
+    assert set(config["framework"]) == {"cloudformation"}
+    start = lines.index("skip-check:")
+    for check in config["skip-check"]:
+        at = lines.index(f"  - {check}", start)
+        reason = []
+        for line in reversed(lines[start + 1 : at]):
+            if not line.strip().startswith("#"):
+                break
+            reason.append(line)
+        assert len(" ".join(reason)) > 40, f"{check}: no reason above it in .checkov.yaml"
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`sam build` of the template, without containers: the build directory."""
-    sam = _tool("sam")
-    py_bin = _py312_bin()
-    if py_bin is None or not (py_bin / "python3.12").exists():
-        pytest.fail(f"python3.12 not found (PY312_BIN={py_bin}): the build's Makefiles need CPython 3.12")
-    build_dir = tmp_path_factory.mktemp("sam") / "build"
-    env = _env(PATH=f"{py_bin}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = _run(
-        [str(sam), "build", "--template-file", "template.yaml", "--build-dir", str(build_dir)],
-        timeout=900,
-        env=env,
-    )
-    _ok(proc)
-    return build_dir
+    return sam_build("template.yaml", tmp_path_factory.mktemp("sam") / "build")
 
 
 def test_sam_build_without_containers(built: Path) -> None:
@@ -368,7 +376,7 @@ def _run_in_build(
 ) -> Any:
     """`script` in a bare python3.12 -S -B with fn's directory, the layer and the runtime's
     packages as its arguments (then `args`); the last line of its stdout, as JSON."""
-    py_bin = _py312_bin()
+    py_bin = py312_bin()
     assert py_bin is not None and (py_bin / "python3.12").exists(), "python3.12 not found"
     fn_dir, layer = _artifact(built, fn), _artifact(built, LAYER)
     proc = subprocess.run(
@@ -390,7 +398,7 @@ def _run_in_build(
         timeout=120,
         check=False,
     )
-    _ok(proc)
+    ok(proc)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -604,7 +612,7 @@ def test_queue_consumer_and_dead_letter_queue(template: dict[str, Any]) -> None:
     mappings = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
     assert len(mappings) == 1
     event = mappings[0]
-    assert event["FunctionName"] == {"Ref": "RecordQueueFunction"}
+    assert event["FunctionName"] == {"Ref": "RecordQueueFunction.Alias"}  # the published version
     assert event["EventSourceArn"] == {"Fn::GetAtt": ["UsageQueue", "Arn"]}
     assert "ReportBatchItemFailures" in event.get("FunctionResponseTypes", []), "partial batch failures"
     assert event.get("ScalingConfig", {}).get("MaximumConcurrency"), "cap consumers with MaximumConcurrency"
@@ -693,6 +701,48 @@ def test_maintenance_schedule(template: dict[str, Any]) -> None:
     schedules = [ev["Properties"] for ev in events.values() if ev["Type"] in ("Schedule", "ScheduleV2")]
     assert len(schedules) == 1
     assert yaml.safe_load(schedules[0]["Input"]) == {"action": "reconcile"}
+    # the schedule invokes asynchronously: what still fails after Lambda's retries is kept
+    dlq = props["DeadLetterQueue"]
+    assert dlq == {"Type": "SQS", "TargetArn": {"Fn::GetAtt": ["MaintenanceDeadLetterQueue", "Arn"]}}
+    assert template["Resources"]["MaintenanceDeadLetterQueue"]["Properties"]["SqsManagedSseEnabled"] is True
+
+
+# what template.yaml's required parameters are given when it is translated
+SERVICE_PARAMETERS = {
+    "VpcSubnetIds": "subnet-1",
+    "VpcSecurityGroupIds": "sg-1",
+    "DbProxyEndpoint": "proxy",
+    "DbProxyResourceId": "prx-0",
+    "JwtIssuer": "https://issuer",
+    "JwtAudience": "aud",
+    "StripeWebhookSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:whsec",
+}
+
+
+def test_snapstart_option_publishes_versions_that_everything_invokes() -> None:
+    """SnapStart applies to published versions only: every function publishes one per deploy
+    behind the alias `live`, which the routes, the queue mapping and the schedule invoke; the
+    SnapStart parameter turns snapshots on or off through a condition CloudFormation evaluates
+    (SAM takes none on AutoPublishAlias, so versions and aliases are there either way)."""
+    translated = sam_translate("template.yaml", {**SERVICE_PARAMETERS, "SnapStart": "true"})
+    assert translated["Conditions"]["UseSnapStart"] == {"Fn::Equals": [{"Ref": "SnapStart"}, "true"]}
+
+    def of(type_: str) -> list[dict[str, Any]]:
+        return [r["Properties"] for r in translated["Resources"].values() if r["Type"] == type_]
+
+    functions = {p["FunctionName"]["Ref"] for p in of("AWS::Lambda::Version")}
+    assert functions == set(ALL_FUNCTIONS)
+    snapstart = {"ApplyOn": {"Fn::If": ["UseSnapStart", "PublishedVersions", "None"]}}
+    assert [p.get("SnapStart") for p in of("AWS::Lambda::Function")] == [snapstart] * len(functions)
+    assert sorted((p["FunctionName"]["Ref"], p["Name"]) for p in of("AWS::Lambda::Alias")) == [
+        (name, "live") for name in sorted(functions)
+    ]
+    assert [p["FunctionName"] for p in of("AWS::Lambda::EventSourceMapping")] == [
+        {"Ref": "RecordQueueFunctionAliaslive"}
+    ]
+    assert [t["Arn"] for p in of("AWS::Events::Rule") for t in p["Targets"]] == [
+        {"Ref": "MaintenanceFunctionAliaslive"}
+    ]
 
 
 def test_outputs(template: dict[str, Any]) -> None:

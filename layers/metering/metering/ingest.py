@@ -91,6 +91,11 @@ def _sqs() -> Any:
     return boto3.client("sqs")
 
 
+def reset_sqs_client() -> None:
+    """Forget the SQS client (and the credentials it resolved): `metering.snapstart`."""
+    _sqs.cache_clear()
+
+
 def process_queue_batch(event: dict[str, Any]) -> dict[str, Any]:
     records = event.get("Records") or []
     outcomes = record_raw([_json_or_marker(rec.get("body")) for rec in records])

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
+from metering import snapstart
+
 if TYPE_CHECKING:
     from aws_lambda_powertools import Tracer
 
@@ -76,3 +78,8 @@ class Metric:
 
 def count(name: str, value: int = 1) -> None:
     metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+
+
+# Every handler imports this module during its init, where SnapStart's hook must be registered
+# (a hook registered later is never run): see metering.snapstart.
+snapstart.register()

@@ -213,6 +213,11 @@ def _client() -> tuple[redis.Redis, Any, Any, Any, Any] | None:
 
 
 def reset_client() -> None:
+    """Close the cached client's pooled connections and forget it (tests; `metering.snapstart`)."""
+    if _client.cache_info().currsize:
+        cached = _client()
+        if cached is not None:
+            cached[0].close()
     _client.cache_clear()
 
 

@@ -153,10 +153,16 @@ def get_engine() -> Engine:
 
 
 def reset_engine() -> None:
-    """Drop the cached engine (tests that change DATABASE_URL; never needed in Lambda)."""
+    """Close the cached engine's pooled connections and forget it: for tests that change
+    DATABASE_URL, and for an environment restored from a SnapStart snapshot (`metering.snapstart`)."""
     if get_engine.cache_info().currsize:
         get_engine().dispose()
     get_engine.cache_clear()
+
+
+def reset_signer() -> None:
+    """Forget the RDS token signer's client and the credentials it resolved (`metering.snapstart`)."""
+    _rds_client.cache_clear()
 
 
 def run_read[T](work: Callable[[Connection], T], *, attempts: int = 2) -> T:

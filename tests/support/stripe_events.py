@@ -1,4 +1,4 @@
-"""Stripe webhook deliveries built from Stripe's own fixtures (../shared/stripe/fixtures.json).
+"""Stripe webhook deliveries built from Stripe's own fixtures (tests/fixtures/stripe/, see its README).
 
 Every object is a deep copy of the fixture of its resource with the fields a scenario needs set,
 so each test event keeps Stripe's real shape (current API: periods on subscription items, an
@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import time
 from datetime import UTC, datetime
 from functools import cache
@@ -24,24 +25,32 @@ from sqlalchemy.exc import DBAPIError
 
 from tests.support.lambda_events import call, http_event
 
-FIXTURES = Path(
-    os.environ.get(
-        "STRIPE_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "stripe" / "fixtures.json"
-    )
-)
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "stripe"
+# each fixture file says where it comes from, with its API version: "... API version 2026-07-29.dahlia ..."
+SOURCE = re.compile(r"\bAPI version \d{4}-\d{2}-\d{2}\.[a-z]+\b")
 SECRET = "whsec_test_metering_0123456789abcdef"
 PATH = "/v1/stripe/webhook"
 
 _counter = 0
 
 
+def load_fixture(path: Path) -> dict[str, Any]:
+    """The Stripe object in `path` without its `_source` line; a file without one (naming the Stripe
+    API version it follows) is refused."""
+    obj: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    source = obj.pop("_source", None)
+    if not isinstance(source, str) or not SOURCE.search(source):
+        raise ValueError(f"{path}: no `_source` line naming the Stripe API version it follows")
+    return obj
+
+
 @cache
-def _fixtures() -> dict[str, Any]:
-    return json.loads(FIXTURES.read_text())
+def _fixture(name: str) -> dict[str, Any]:
+    return load_fixture(FIXTURES / f"{name}.json")
 
 
 def fixture(name: str) -> dict[str, Any]:
-    return copy.deepcopy(_fixtures()[name])
+    return copy.deepcopy(_fixture(name))
 
 
 def ts(moment: datetime | int) -> int:

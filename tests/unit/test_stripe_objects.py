@@ -2,6 +2,7 @@
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,29 @@ from tests.support import stripe_events as se
 
 START = datetime(2026, 1, 31, 12, tzinfo=UTC)
 END = datetime(2026, 2, 28, 12, tzinfo=UTC)
+
+
+def test_every_fixture_says_which_api_version_it_follows():
+    files = sorted(se.FIXTURES.glob("*.json"))
+    assert {f.stem for f in files} >= {"subscription", "invoice", "line_item", "checkout.session", "event"}
+    for path in files:
+        obj = se.load_fixture(path)
+        assert "_source" not in obj and obj["object"] == path.stem  # the Stripe object, as published
+
+
+@pytest.mark.parametrize(
+    "source",
+    [None, 42, "copied from somewhere"],
+    ids=["no _source", "not text", "no API version"],
+)
+def test_a_fixture_without_its_provenance_line_is_refused(tmp_path: Path, source: object):
+    obj = {"id": "sub_1", "object": "subscription"}
+    if source is not None:
+        obj = {"_source": source, **obj}
+    path = tmp_path / "subscription.json"
+    path.write_text(json.dumps(obj))
+    with pytest.raises(ValueError, match="no `_source` line naming the Stripe API version"):
+        se.load_fixture(path)
 
 
 def test_subscription_from_current_api_shape():

@@ -28,7 +28,7 @@ _HOMES = {
 def py312_bin() -> Path | None:
     if os.environ.get("PY312_BIN"):
         return Path(os.environ["PY312_BIN"])
-    for candidate in sorted(Path("/root/.pyenv/versions").glob("3.12*/bin")):
+    for candidate in sorted((Path.home() / ".pyenv" / "versions").glob("3.12*/bin")):
         if (candidate / "python3.12").exists():
             return candidate
     found = shutil.which("python3.12")

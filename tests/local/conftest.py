@@ -1,18 +1,13 @@
-"""Fixtures for the local-tooling tests: a throwaway project (template + handlers) and a throwaway
-database on the machine's PostgreSQL."""
+"""Fixtures for the local-tooling tests: a throwaway project (template + handlers). The tests use
+the suite's own servers (`services`: the local PostgreSQL and Redis, else embedded ones)."""
 
 from __future__ import annotations
 
 import os
 import textwrap
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
-
-from metering.devtools import embedded
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -171,25 +166,6 @@ def write_project(root: Path) -> Path:
 @pytest.fixture(scope="session")
 def fake_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_project(tmp_path_factory.mktemp("project"))
-
-
-@pytest.fixture(scope="session")
-def local_urls() -> Iterator[tuple[str, str]]:
-    """(DATABASE_URL, REDIS_URL) of a throwaway database on the local PostgreSQL and the local Redis."""
-    if not (embedded.server_reachable_postgres() and embedded.server_reachable_redis()):
-        pytest.skip("local PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) are needed")
-    name = f"devtools_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(
-        "postgresql+pg8000://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+pg8000://postgres@127.0.0.1:5432/{name}", "redis://127.0.0.1:6379/0"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture

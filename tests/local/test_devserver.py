@@ -22,6 +22,8 @@ import pytest
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventV2Model
 
+from metering.devtools.embedded import redact
+
 # top-level and requestContext keys of Powertools' apiGatewayProxyV2Event.json (a real API Gateway
 # event), less the mTLS `authentication` block
 V2_KEYS = {
@@ -69,9 +71,9 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 
 
 @pytest.fixture(scope="module")
 def server(
-    fake_project: Path, local_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+    fake_project: Path, services: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    db_url, redis_url = local_urls
+    db_url, redis_url = services["database_url"], services["redis_url"]
     logs = tmp_path_factory.mktemp("devserver-logs")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
@@ -141,14 +143,14 @@ def jwt(claims: dict[str, Any]) -> str:
     return f"{seg({'alg': 'RS256', 'typ': 'JWT'})}.{seg(claims)}.c2lnbmF0dXJl"
 
 
-def test_start_banner_names_backends_and_address(server: Server) -> None:
+def test_start_banner_names_backends_and_address(server: Server, services: dict[str, str]) -> None:
     out = server.stdout()
-    assert "Database (env): postgresql+pg8000://postgres@127.0.0.1:5432/devtools_test_" in out
-    assert "Redis (env): redis://127.0.0.1:6379/0" in out
+    assert f"Database (env): {redact(services['database_url'])}\n" in out
+    assert f"Redis (env): {redact(services['redis_url'])}\n" in out
     assert f"Listening on http://127.0.0.1:{server.port}" in out
 
 
-def test_post_with_json_body_path_params_and_query(server: Server, local_urls: tuple[str, str]) -> None:
+def test_post_with_json_body_path_params_and_query(server: Server, services: dict[str, str]) -> None:
     body = json.dumps({"amount": 3, "note": "héllo"}).encode()
     reply = call(
         server,
@@ -222,7 +224,7 @@ def test_post_with_json_body_path_params_and_query(server: Server, local_urls: t
     assert str(uuid.UUID(context["aws_request_id"])) == context["aws_request_id"]
     assert context["memory_limit_in_mb"] == 256
     assert 0 < context["remaining_ms"] <= 10_000
-    assert payload["database_url"] == local_urls[0]
+    assert payload["database_url"] == services["database_url"]
 
 
 def test_each_request_gets_a_fresh_request_id(server: Server) -> None:

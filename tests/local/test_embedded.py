@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import redis
 import sqlalchemy as sa
 
 from metering.devtools import embedded
+from tests.support.private_servers import PrivatePostgres, PrivateRedis
 
 
 @pytest.fixture
@@ -81,33 +83,65 @@ def test_resolve_prefers_env_over_local(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert embedded.resolve_redis_url(tmp_path) == ("redis://cache.example:6379/1", "env")
 
 
-def test_resolve_uses_local_servers_when_reachable(no_env_urls: None, tmp_path: Path) -> None:
-    if not (embedded.server_reachable_postgres() and embedded.server_reachable_redis()):
-        pytest.skip("no local PostgreSQL/Redis on 127.0.0.1")
-    db_url, source = embedded.resolve_database_url(tmp_path)
-    assert (db_url, source) == ("postgresql+pg8000://postgres@127.0.0.1:5432/metering_dev", "local")
-    engine = sa.create_engine(db_url)
+@pytest.fixture(scope="module")
+def local_servers() -> Iterator[tuple[PrivatePostgres, PrivateRedis]]:
+    """A PostgreSQL (trust auth, user postgres) and a Redis on 127.0.0.1, as a developer's local
+    servers would be, on free ports: whichever binaries the machine has, so this runs anywhere."""
+    pg, redis_server = PrivatePostgres(), PrivateRedis()
+    try:
+        yield pg.start(), redis_server.start()
+    finally:
+        redis_server.stop()
+        pg.destroy()
+
+
+def test_resolve_uses_local_servers_when_reachable(
+    no_env_urls: None, tmp_path: Path, local_servers: tuple[PrivatePostgres, PrivateRedis]
+) -> None:
+    pg, redis_server = local_servers
+    db_url, source = embedded.resolve_database_url(tmp_path, port=pg.port)
+    assert (db_url, source) == (f"postgresql+pg8000://postgres@127.0.0.1:{pg.port}/metering_dev", "local")
+    engine = sa.create_engine(db_url)  # metering_dev was created on the server
     try:
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT current_database()")).scalar() == "metering_dev"
     finally:
         engine.dispose()
-    redis_url, source = embedded.resolve_redis_url(tmp_path)
-    assert (redis_url, source) == ("redis://127.0.0.1:6379/0", "local")
+    assert embedded.resolve_database_url(tmp_path, port=pg.port) == (db_url, "local")  # exists now
+    redis_url, source = embedded.resolve_redis_url(tmp_path, port=redis_server.port)
+    assert (redis_url, source) == (f"redis://127.0.0.1:{redis_server.port}/0", "local")
     client = redis.Redis.from_url(redis_url)
     try:
         assert client.ping() is True
     finally:
         client.close()
-    assert not (tmp_path / "pgdata").exists()
+    assert not (tmp_path / "pgdata").exists()  # nothing embedded was started
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # free once the socket is closed: connections are refused
+
+
+@pytest.mark.xdist_group("embedded")
+def test_resolve_falls_back_to_embedded_when_nothing_answers(no_env_urls: None, tmp_path: Path) -> None:
+    closed = _closed_port()
+    db_url, source = embedded.resolve_database_url(tmp_path, port=closed)
+    assert source == "embedded" and db_url.startswith("postgresql+pg8000://postgres@/postgres?unix_sock=")
+    redis_url, source = embedded.resolve_redis_url(tmp_path, port=closed)
+    assert source == "embedded" and redis_url.startswith("unix://")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.ping() is True
+    finally:
+        client.close()
 
 
 def test_probes_report_closed_ports() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # bound but not listening: connections are refused
-        assert embedded.server_reachable_postgres("127.0.0.1", port) is False
-        assert embedded.server_reachable_redis("127.0.0.1", port) is False
+    port = _closed_port()
+    assert embedded.server_reachable_postgres("127.0.0.1", port) is False
+    assert embedded.server_reachable_redis("127.0.0.1", port) is False
 
 
 def test_redact_hides_passwords() -> None:

@@ -34,9 +34,9 @@ def event_file(tmp_path: Path) -> Path:
 
 
 def test_invoke_prints_handler_result_as_json(
-    fake_project: Path, event_file: Path, base_env: dict[str, str], local_urls: tuple[str, str]
+    fake_project: Path, event_file: Path, base_env: dict[str, str], services: dict[str, str]
 ) -> None:
-    env = {**base_env, "DATABASE_URL": local_urls[0], "REDIS_URL": local_urls[1]}
+    env = {**base_env, "DATABASE_URL": services["database_url"], "REDIS_URL": services["redis_url"]}
     proc = invoke(
         "EchoFunction", str(event_file), "--template", str(fake_project), env=env, cwd=fake_project.parent
     )
@@ -49,7 +49,7 @@ def test_invoke_prints_handler_result_as_json(
     assert body["context"]["function_name"] == "EchoFunction"
     assert body["context"]["memory_limit_in_mb"] == 256
     assert 0 < body["context"]["remaining_ms"] <= 10_000
-    assert body["database_url"] == local_urls[0]
+    assert body["database_url"] == services["database_url"]
     assert proc.stdout.startswith("{\n  ")  # indent 2
 
 
@@ -108,9 +108,9 @@ def test_missing_or_invalid_event_file(fake_project: Path, tmp_path: Path, base_
 
 
 def test_raising_handler_reports_lambda_error_shape(
-    fake_project: Path, event_file: Path, base_env: dict[str, str], local_urls: tuple[str, str]
+    fake_project: Path, event_file: Path, base_env: dict[str, str], services: dict[str, str]
 ) -> None:
-    env = {**base_env, "DATABASE_URL": local_urls[0], "REDIS_URL": local_urls[1]}
+    env = {**base_env, "DATABASE_URL": services["database_url"], "REDIS_URL": services["redis_url"]}
     proc = invoke(
         "BoomFunction", str(event_file), "--template", str(fake_project), env=env, cwd=fake_project.parent
     )

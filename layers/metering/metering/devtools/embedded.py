@@ -26,7 +26,8 @@ Source = Literal["env", "local", "embedded"]
 LOCAL_PG_HOST = "127.0.0.1"
 LOCAL_PG_PORT = 5432
 LOCAL_DB_NAME = "metering_dev"
-LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+LOCAL_REDIS_HOST = "127.0.0.1"
+LOCAL_REDIS_PORT = 6379
 
 # handles of the embedded servers: dropping them would stop the servers
 _pg_server: Any = None
@@ -50,7 +51,7 @@ def server_reachable_postgres(host: str = LOCAL_PG_HOST, port: int = LOCAL_PG_PO
     return _tcp_reachable(host, port)
 
 
-def server_reachable_redis(host: str = "127.0.0.1", port: int = 6379) -> bool:
+def server_reachable_redis(host: str = LOCAL_REDIS_HOST, port: int = LOCAL_REDIS_PORT) -> bool:
     return _tcp_reachable(host, port)
 
 
@@ -127,28 +128,30 @@ def local_database_url(host: str = LOCAL_PG_HOST, port: int = LOCAL_PG_PORT, db:
     return f"postgresql+pg8000://postgres@{host}:{port}/{db}"
 
 
-def resolve_database_url(state_dir: Path) -> tuple[str, Source]:
-    """DATABASE_URL if set; else the local server on 127.0.0.1:5432 if it answers; else embedded."""
+def resolve_database_url(
+    state_dir: Path, host: str = LOCAL_PG_HOST, port: int = LOCAL_PG_PORT
+) -> tuple[str, Source]:
+    """DATABASE_URL if set; else the local server (127.0.0.1:5432) if it answers; else embedded."""
     url = _env("DATABASE_URL")
     if url:
         return url, "env"
-    if server_reachable_postgres():
+    if server_reachable_postgres(host, port):
         try:
-            return local_database_url(), "local"
+            return local_database_url(host, port), "local"
         except Exception as exc:  # listening, but not a trust-auth PostgreSQL we can use
-            log.warning(
-                "local PostgreSQL on %s:%s unusable (%s); using embedded", LOCAL_PG_HOST, LOCAL_PG_PORT, exc
-            )
+            log.warning("local PostgreSQL on %s:%s unusable (%s); using embedded", host, port, exc)
     return embedded_postgres_url(state_dir), "embedded"
 
 
-def resolve_redis_url(state_dir: Path) -> tuple[str, Source]:
-    """REDIS_URL if set; else the local server on 127.0.0.1:6379 if it answers; else embedded."""
+def resolve_redis_url(
+    state_dir: Path, host: str = LOCAL_REDIS_HOST, port: int = LOCAL_REDIS_PORT
+) -> tuple[str, Source]:
+    """REDIS_URL if set; else the local server (127.0.0.1:6379) if it answers; else embedded."""
     url = _env("REDIS_URL")
     if url:
         return url, "env"
-    if server_reachable_redis():
-        return LOCAL_REDIS_URL, "local"
+    if server_reachable_redis(host, port):
+        return f"redis://{host}:{port}/0", "local"
     return embedded_redis_url(state_dir), "embedded"
 
 

@@ -19,7 +19,7 @@ export POWERTOOLS_SERVICE_NAME ?= metering
 .PHONY: help dev test lint typecheck unit infra bench migrate reconcile build validate deploy invoke openapi clean
 
 help:
-	@echo "make dev        serve the HTTP API on http://127.0.0.1:3000 (embedded PostgreSQL/Redis if none configured)"
+	@echo "make dev        serve the HTTP API on http://127.0.0.1:3000 (PORT=...; embedded PostgreSQL/Redis if none configured)"
 	@echo "make test       lint, type checks and every test suite"
 	@echo "make bench      benchmarks beside a pgbench reference"
 	@echo "make migrate    bring DATABASE_URL to the latest schema"
@@ -58,7 +58,7 @@ checkovvenv: $(CHECKOVVENV)/.stamp
 TOOLS_ENV = SAM_BIN=$(abspath $(SAMVENV))/bin CHECKOV_BIN=$(abspath $(CHECKOVVENV))/bin PY312_BIN=$(dir $(PY312))
 
 dev: $(VENV)/.stamp
-	$(PY) -m metering dev
+	$(PY) -m metering dev $(if $(PORT),--port $(PORT))
 
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check .

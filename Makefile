@@ -89,7 +89,7 @@ invoke: $(VENV)/.stamp
 	$(PY) -m metering invoke $(FN) $(EVENT)
 
 openapi: $(VENV)/.stamp
-	$(PY) -m metering openapi > docs/openapi.json
+	$(PY) -m metering openapi > $(or $(OPENAPI),docs/openapi.json)
 
 validate: $(SAMVENV)/.stamp $(CHECKOVVENV)/.stamp
 	for t in template.yaml infra/quickstart.yaml; do \
@@ -99,7 +99,7 @@ validate: $(SAMVENV)/.stamp $(CHECKOVVENV)/.stamp
 	done
 
 build: $(SAMVENV)/.stamp
-	PATH=$(dir $(PY312)):$$PATH $(SAMVENV)/bin/sam build
+	PATH=$(dir $(PY312)):$$PATH $(SAMVENV)/bin/sam build $(if $(BUILD_DIR),--build-dir $(BUILD_DIR))
 
 # One stack: the quickstart's VPC, database, proxy, cache and secret, with the service nested in
 # it; then the maintenance function's migrate. AWS credentials and region from the environment

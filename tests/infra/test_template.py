@@ -34,7 +34,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from metering.devtools.template import load_template
-from tests.support.tools import REPO, ok, py312_bin, run_tool, sam_build, sam_translate, tool
+from tests.support.tools import REPO, make_build, ok, py312_bin, run_tool, sam_translate, tool
 
 pytestmark = [pytest.mark.infra, pytest.mark.xdist_group("infra")]
 
@@ -189,8 +189,8 @@ def test_checks_skipped_everywhere_say_why() -> None:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`sam build` of the template, without containers: the build directory."""
-    return sam_build("template.yaml", tmp_path_factory.mktemp("sam") / "build")
+    """`make build` (sam build of the template, without containers): the build directory."""
+    return make_build(tmp_path_factory.mktemp("sam") / "build")
 
 
 def test_sam_build_without_containers(built: Path) -> None:

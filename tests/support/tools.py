@@ -88,18 +88,33 @@ def ok(proc: subprocess.CompletedProcess[str]) -> None:
     )
 
 
-def sam_build(template_file: str, build_dir: Path) -> Path:
-    """`sam build` of a template, without containers (the Makefiles run CPython 3.12): build_dir."""
+def _build_env() -> tuple[Path, dict[str, str]]:
+    """CPython 3.12 for the build's Makefiles, and the offline environment with it on PATH."""
     py_bin = py312_bin()
     if py_bin is None or not (py_bin / "python3.12").exists():
         pytest.fail(f"python3.12 not found (PY312_BIN={py_bin}): the build's Makefiles need CPython 3.12")
-    env = offline_env(PATH=f"{py_bin}{os.pathsep}{os.environ.get('PATH', '')}")
+    return py_bin, offline_env(PATH=f"{py_bin}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+def sam_build(template_file: str, build_dir: Path) -> Path:
+    """`sam build` of a template, without containers (the Makefiles run CPython 3.12): build_dir."""
+    _, env = _build_env()
     proc = run_tool(
         [str(tool("sam")), "build", "--template-file", template_file, "--build-dir", str(build_dir)],
         timeout=900,
         env=env,
     )
     ok(proc)
+    return build_dir
+
+
+def make_build(build_dir: Path) -> Path:
+    """The README's `make build` (sam build of template.yaml, without containers), into build_dir,
+    with this module's sam and CPython 3.12."""
+    py_bin, env = _build_env()
+    sam_venv = tool("sam").parent.parent
+    make = ["make", "--no-print-directory", "build", f"BUILD_DIR={build_dir}"]
+    ok(run_tool([*make, f"PY312={py_bin / 'python3.12'}", f"SAMVENV={sam_venv}"], timeout=900, env=env))
     return build_dir
 
 

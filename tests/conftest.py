@@ -11,8 +11,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.support.private_servers import PrivatePostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,6 +47,20 @@ def services(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     os.environ["DATABASE_URL"] = urls["database_url"]
     os.environ["REDIS_URL"] = urls["redis_url"]
     return urls
+
+
+@pytest.fixture(scope="session")
+def tcp_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL of this worker's own on a free TCP port of 127.0.0.1 (trust auth, user
+    postgres), for tests that reach a server by host and port as the service does in AWS (DB_HOST,
+    DB_PORT): the suite's own server may be an embedded one on a Unix socket."""
+    from tests.support.private_servers import PrivatePostgres
+
+    pg = PrivatePostgres()
+    try:
+        yield pg.start()
+    finally:
+        pg.destroy()
 
 
 @pytest.fixture

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from metering.devtools.template import load_template
 from tests.support import api
 from tests.support import stripe_events as stripe
 from tests.support.lambda_events import call, http_event
+from tests.support.servers import TABLES
 from tests.support.state import query, use_test_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -320,8 +322,17 @@ PROBE_CONFIGS = {
 }
 
 
+@pytest.fixture(scope="module")
+def probe_database(tcp_postgres):
+    """A migrated database reached by host and port, as an RDS IAM connection must be."""
+    return tcp_postgres.create_database("metering_probe")
+
+
 @pytest.mark.parametrize("config", list(PROBE_CONFIGS))
-def test_logs_never_contain_the_webhook_secret_a_signature_or_a_token(service, tmp_path, config):
+def test_logs_never_contain_the_webhook_secret_a_signature_or_a_token(
+    service, tcp_postgres, probe_database, tmp_path, config
+):
+    tcp_postgres.sql(f"TRUNCATE {TABLES}", "metering_probe")
     seen_file = tmp_path / "credentials.json"
     env = {
         k: v
@@ -329,6 +340,7 @@ def test_logs_never_contain_the_webhook_secret_a_signature_or_a_token(service, t
         if not k.startswith(("POWERTOOLS_", "PYTEST_", "STRIPE_")) and k not in ("METERING_CATALOG",)
     }
     env.update(
+        DATABASE_URL=probe_database,
         PROBE_OUT=str(seen_file),
         PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "layers" / "metering")]),
         POWERTOOLS_SERVICE_NAME="metering",
@@ -453,7 +465,8 @@ def log_probe() -> None:
 
     saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "DB_NAME")}
     if os.environ.get("DATABASE_URL"):
-        os.environ["DATABASE_URL"] = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/no_such_database"
+        missing = make_url(os.environ["DATABASE_URL"]).set(database="no_such_database")
+        os.environ["DATABASE_URL"] = missing.render_as_string(hide_password=False)
     else:
         os.environ["DB_NAME"] = "no_such_database"
     reset_caches()
@@ -483,8 +496,6 @@ def _use_iam_database_auth(credentials: list[tuple[str, str]]) -> None:
     """Connect as in AWS (DB_HOST + DB_IAM_AUTH): each new connection presents a fresh RDS IAM token.
     The test server trusts local connections, so the token is accepted whatever it is; the probe
     records each token and its signature as credentials the logs must not contain."""
-    from sqlalchemy.engine import make_url
-
     url = make_url(os.environ.pop("DATABASE_URL"))
     os.environ.update(
         DB_HOST=url.host or "127.0.0.1",

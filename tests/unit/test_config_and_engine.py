@@ -59,11 +59,11 @@ def capture_connect_params(engine):
     return seen
 
 
-def test_rds_iam_token_is_generated_for_each_new_connection(monkeypatch):
+def test_rds_iam_token_is_generated_for_each_new_connection(monkeypatch, tcp_postgres):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
     settings = Settings(
         db_host="127.0.0.1",
-        db_port=5432,
+        db_port=tcp_postgres.port,
         db_name="postgres",
         db_user="postgres",
         db_iam_auth=True,
@@ -73,17 +73,17 @@ def test_rds_iam_token_is_generated_for_each_new_connection(monkeypatch):
     with mock_aws():
         engine = build_engine(settings)
         seen = capture_connect_params(engine)
-        with engine.connect() as conn:  # the local server trusts any password
+        with engine.connect() as conn:  # the server trusts any password
             assert conn.execute(text("SELECT 1")).scalar() == 1
         first = seen["password"]
         engine.dispose()
         with engine.connect():
             pass
-    assert first.startswith("127.0.0.1:5432/?Action=connect&DBUser=postgres")
+    assert first.startswith(f"127.0.0.1:{tcp_postgres.port}/?Action=connect&DBUser=postgres")
     assert "X-Amz-Signature=" in first and seen["user"] == "postgres"
 
 
-def test_credentials_from_secrets_manager():
+def test_credentials_from_secrets_manager(tcp_postgres):
     from aws_lambda_powertools.utilities import parameters
 
     parameters.clear_caches()
@@ -92,7 +92,12 @@ def test_credentials_from_secrets_manager():
             Name="metering/db", SecretString=json.dumps({"username": "postgres", "password": "s3cret"})
         )["ARN"]
         settings = Settings(
-            db_host="127.0.0.1", db_name="postgres", db_user="ignored", db_secret_arn=arn, db_tls=False
+            db_host="127.0.0.1",
+            db_port=tcp_postgres.port,
+            db_name="postgres",
+            db_user="ignored",
+            db_secret_arn=arn,
+            db_tls=False,
         )
         engine = build_engine(settings)
         seen = capture_connect_params(engine)

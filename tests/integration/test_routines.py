@@ -2,6 +2,7 @@
 called by name, each statement in them reading by index, and code on a database its migration has
 not reached failing at once with a message that says what to do."""
 
+import argparse
 import os
 import re
 from pathlib import Path
@@ -125,6 +126,45 @@ def test_a_database_whose_migration_has_not_run_fails_the_first_call_loudly(serv
         os.environ["DATABASE_URL"] = saved
         reset_engine()
         admin = create_engine(services["database_url"], isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_a_database_ahead_of_this_code_is_named_not_crashed_on(services, tmp_path, monkeypatch, capsys):
+    """A newer release (or another checkout on the same server) migrated the database: `migrate`
+    says so and exits 2, changing nothing; `metering dev` / `invoke` warn and serve."""
+    from metering.db.migrate import SchemaAhead, add_arguments, run, upgrade_to_head
+    from metering.devtools.devserver import prepare_backends
+
+    admin = create_engine(services["database_url"], isolation_level="AUTOCOMMIT")
+    name = "metering_ahead_" + services["database_url"].rsplit("/", 1)[1][-20:]
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = services["database_url"].rsplit("/", 1)[0] + "/" + name
+    try:
+        ahead = create_engine(url)
+        with ahead.begin() as conn:
+            conn.execute(text("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)"))
+            conn.execute(text("INSERT INTO alembic_version VALUES ('9999_from_the_future')"))
+        with pytest.raises(SchemaAhead, match="revision 9999_from_the_future, newer than this code"):
+            upgrade_to_head(url)
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        capsys.readouterr()
+        assert run(parser.parse_args(["--url", url])) == 2
+        assert "newer release" in capsys.readouterr().err
+        monkeypatch.setenv("DATABASE_URL", url)
+        monkeypatch.setenv("REDIS_URL", services["redis_url"])
+        lines = prepare_backends(tmp_path)
+        assert any(line.startswith("WARNING: database is at revision 9999_from_the_future") for line in lines)
+        with ahead.connect() as conn:  # nothing was changed
+            assert (
+                conn.execute(text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")).scalar() == 1
+            )
+        ahead.dispose()
+    finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()

@@ -11,6 +11,7 @@ session lock: that would pin an RDS Proxy connection), and all DDL runs in that 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,10 +35,25 @@ def _alembic_config() -> Config:
     return cfg
 
 
+class SchemaAhead(RuntimeError):
+    """The database is at a revision this code does not know: a newer release (or another
+    checkout sharing the server) migrated it. Alembic would only say it "can't locate" it."""
+
+    def __init__(self, revision: str) -> None:
+        super().__init__(
+            f"database is at revision {revision}, newer than this code's head {head_revision()}: "
+            "it was migrated by a newer release; deploy that release (or point DATABASE_URL elsewhere)"
+        )
+        self.revision = revision
+
+
 def upgrade_to_head(url: str | None = None) -> str:
-    """Apply every pending migration; returns the revision the database is at afterwards."""
+    """Apply every pending migration; returns the revision the database is at afterwards.
+    Raises SchemaAhead, changing nothing, when the database is ahead of this code."""
     from alembic import command
     from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
 
     from metering.db.engine import database_url
     from metering.db.wire import dbapi
@@ -48,6 +64,12 @@ def upgrade_to_head(url: str | None = None) -> str:
         with engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
             cfg.attributes["connection"] = conn
+            current = MigrationContext.configure(conn).get_current_revision()
+            if current is not None:
+                try:
+                    ScriptDirectory.from_config(cfg).get_revision(current)
+                except CommandError:
+                    raise SchemaAhead(current) from None
             command.upgrade(cfg, "head")
             revision = MigrationContext.configure(conn).get_current_revision()
     finally:
@@ -66,6 +88,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    revision = upgrade_to_head(args.url)
+    try:
+        revision = upgrade_to_head(args.url)
+    except SchemaAhead as exc:
+        print(f"metering migrate: {exc}", file=sys.stderr)
+        return 2
     print(f"database at revision {revision} (head {head_revision()})")
     return 0

@@ -73,12 +73,15 @@ def prepare_backends(state_dir: Path, *, migrate: bool = True) -> list[str]:
     ]
     if migrate:
         try:
-            from metering.db.migrate import upgrade_to_head
+            from metering.db.migrate import SchemaAhead, upgrade_to_head
         except ImportError as exc:
             log.warning("migrations not run: %s", exc)
             lines.append(f"WARNING: migrations not run ({exc})")
         else:
-            lines.append(f"Schema: at revision {upgrade_to_head(db_url) or '(none)'}")
+            try:
+                lines.append(f"Schema: at revision {upgrade_to_head(db_url) or '(none)'}")
+            except SchemaAhead as exc:  # serve anyway: migrations are additive, and say so
+                lines.append(f"WARNING: {exc}")
     return lines
 
 

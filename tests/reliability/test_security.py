@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from metering.devtools.template import load_template
+from metering_dev.template import load_template
 from tests.support import api
 from tests.support import stripe_events as stripe
 from tests.support.lambda_events import call, http_event

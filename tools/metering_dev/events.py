@@ -69,7 +69,8 @@ def http_event(
     - `query`: a dict, or the query string as the client sent it (repeated names join with ",").
     - `headers`: a mapping or (name, value) pairs; names are lower-cased, repeated names join with
       ",", `Cookie` moves to `cookies`, and API Gateway's x-forwarded-* and trace headers are
-      added. `content_type` is the Content-Type unless the headers carry one (None: none).
+      added. `content_type` is the Content-Type of a body unless the headers carry one (None:
+      none).
     - the body: `body` is sent as JSON; `raw_body` as it is, a `bytes` one (or a `str` one with
       `base64_body`) base64-encoded with `isBase64Encoded`.
     """
@@ -78,7 +79,7 @@ def http_event(
         raw_body = json.dumps(body)
 
     header_map, cookies = _headers(headers, source_ip, forwarded_proto, forwarded_port, now)
-    if content_type is not None:
+    if content_type is not None and raw_body is not None:
         header_map.setdefault("content-type", content_type)
 
     if isinstance(query, str):

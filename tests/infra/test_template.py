@@ -33,7 +33,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from metering.devtools.template import load_template
+from metering_dev.template import load_template
 from tests.support.tools import REPO, make_build, ok, py312_bin, run_tool, sam_translate, tool
 
 pytestmark = [pytest.mark.infra, pytest.mark.xdist_group("infra")]
@@ -261,11 +261,15 @@ def test_alembic_ships_only_with_the_maintenance_function(built: Path) -> None:
 
 def test_dev_tools_stay_out_of_the_layer(built: Path) -> None:
     """No function needs the dev server, `metering invoke` or the OpenAPI builder (they read
-    template.yaml); the handlers import from the build without them (test below)."""
-    package = _artifact(built, LAYER) / "metering"
-    assert (package / "db" / "ledger.py").is_file()
-    assert not (package / "devtools").exists()
-    assert not (package / "api" / "openapi.py").exists()
+    template.yaml): they are the metering_dev package, which no build copies; the handlers import
+    from the build without them (test below). tests/unit/test_dev_tools_apart.py checks the same of
+    the layer's own recipe, without sam."""
+    layer = _artifact(built, LAYER)
+    assert (layer / "metering" / "db" / "ledger.py").is_file()
+    for root in [layer, *(_artifact(built, fn) for fn in ALL_FUNCTIONS)]:
+        assert not (root / "metering_dev").exists(), f"the dev tools are in {root}"
+    assert not (layer / "metering" / "devtools").exists()
+    assert not (layer / "metering" / "api" / "openapi.py").exists()
 
 
 _LAMBDA_MARKERS = {
@@ -826,7 +830,7 @@ def _status_and_body(result: dict[str, Any]) -> tuple[int, Any]:
 def test_every_handler_serves_requests_from_the_build(
     built: Path, runtime_dir: Path, clean: dict[str, str]
 ) -> None:
-    from metering.devtools.events import sqs_event
+    from metering_dev.events import sqs_event
     from tests.support import stripe_events as se
     from tests.support.lambda_events import http_event
     from tests.support.state import TEST_CATALOG

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from metering.devtools.context import make_context
-from metering.devtools.template import functions, load_handler
+from metering_dev.context import make_context
+from metering_dev.template import functions, load_handler
 from tests.support import api
 from tests.support.cli import metering
 

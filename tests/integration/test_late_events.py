@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from metering.api.models import UsageRequest
-from metering.devtools.context import make_context
-from metering.devtools.events import sqs_event
 from metering.services import record
+from metering_dev.context import make_context
+from metering_dev.events import sqs_event
 from tests.support import api
 from tests.support import stripe_events as se
 from tests.support.lambda_events import handler

@@ -702,9 +702,16 @@ def test_maintenance_schedule(template: dict[str, Any]) -> None:
     props = _functions(template)["MaintenanceFunction"]
     events = props.get("Events") or {}
     assert not any(ev["Type"] == "HttpApi" for ev in events.values()), "maintenance has no HTTP route"
-    schedules = [ev["Properties"] for ev in events.values() if ev["Type"] in ("Schedule", "ScheduleV2")]
-    assert len(schedules) == 1
-    assert yaml.safe_load(schedules[0]["Input"]) == {"action": "reconcile"}
+    schedules = {
+        ev["Properties"]["Schedule"]: yaml.safe_load(ev["Properties"]["Input"])
+        for ev in events.values()
+        if ev["Type"] in ("Schedule", "ScheduleV2")
+    }
+    # the daily reconciliation, and the journaling of expired grants (api.md section 7)
+    assert schedules == {
+        "cron(15 3 * * ? *)": {"action": "reconcile"},
+        "rate(5 minutes)": {"action": "expire_grants"},
+    }
     # the schedule invokes asynchronously: what still fails after Lambda's retries is kept
     dlq = props["DeadLetterQueue"]
     assert dlq == {"Type": "SQS", "TargetArn": {"Fn::GetAtt": ["MaintenanceDeadLetterQueue", "Arn"]}}
@@ -745,7 +752,8 @@ def test_snapstart_option_publishes_versions_that_everything_invokes() -> None:
         {"Ref": "RecordQueueFunctionAliaslive"}
     ]
     assert [t["Arn"] for p in of("AWS::Events::Rule") for t in p["Targets"]] == [
-        {"Ref": "MaintenanceFunctionAliaslive"}
+        {"Ref": "MaintenanceFunctionAliaslive"},
+        {"Ref": "MaintenanceFunctionAliaslive"},
     ]
 
 

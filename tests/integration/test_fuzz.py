@@ -194,6 +194,8 @@ def test_fuzz_operation(label, base_url, seeded, services):
         assert changed.pop("usage_events", 0) == recorded
     elif (method, path) == ("POST", "/v1/users/{user_id}/adjustments"):
         assert changed.pop("adjustments", 0) == sum(1 for status, _ in outcomes if status == 201)
+    elif (method, path) == ("POST", "/v1/users/{user_id}/grants"):
+        assert changed.pop("grants", 0) == sum(1 for status, _ in outcomes if status == 201)
     else:
         assert changed == {}, f"{label} wrote {changed}"  # reads, checks, releases, webhook: no rows
         if method == "GET" or path == "/v1/stripe/webhook":

@@ -5,7 +5,6 @@ deploy rolls out) keep writing complete rows."""
 
 from __future__ import annotations
 
-import os
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -17,6 +16,7 @@ from metering.db.migrate import _alembic_config, head_revision, upgrade_to_head
 from metering.db.wire import dbapi
 from metering.services.reconcile import reconcile
 from tests.support import api
+from tests.support.servers import scratch_database
 from tests.support.state import use_test_catalog
 
 USERS = [f"user-{i}" for i in range(12)]
@@ -24,34 +24,25 @@ TYPES = ["premium_voice", "ocr_tokens", "server_kokoro"]
 
 
 @pytest.fixture
-def old_database(services, clean):
+def old_database(services, clean, monkeypatch):
     """A private database at revision 0004, DATABASE_URL pointing at it for the test."""
     from alembic import command
 
-    admin = create_engine(services["database_url"], isolation_level="AUTOCOMMIT")
-    name = "metering_0004_" + services["database_url"].rsplit("/", 1)[1][-20:]
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = services["database_url"].rsplit("/", 1)[0] + "/" + name
-    engine = create_engine(url, module=dbapi)
-    with engine.begin() as conn:
-        cfg = _alembic_config()
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0004")
-    saved = os.environ["DATABASE_URL"]
-    os.environ["DATABASE_URL"] = url
-    reset_engine()
-    use_test_catalog()
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        os.environ["DATABASE_URL"] = saved
+    with scratch_database(services["database_url"], "at_0004") as url:
+        engine = create_engine(url, module=dbapi)
+        with engine.begin() as conn:
+            cfg = _alembic_config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0004")
+        monkeypatch.setenv("DATABASE_URL", url)
         reset_engine()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        use_test_catalog()
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+            monkeypatch.setenv("DATABASE_URL", services["database_url"])
+            reset_engine()
 
 
 def _populate(conn) -> None:

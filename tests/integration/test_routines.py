@@ -14,6 +14,7 @@ from bench import wire
 from metering.db.engine import get_engine
 from metering.db.migrate import head_revision
 from tests.support import api
+from tests.support.servers import scratch_database
 from tests.support.state import execute, query, subscribe, use_test_catalog
 
 DB_PACKAGE = Path(__file__).resolve().parents[2] / "layers" / "metering" / "metering" / "db"
@@ -91,45 +92,33 @@ def test_a_database_whose_migration_has_not_run_fails_the_first_call_loudly(serv
     from metering.db.engine import reset_engine
     from metering.db.migrate import _alembic_config, upgrade_to_head
     from metering.db.wire import dbapi
-
-    admin = create_engine(services["database_url"], isolation_level="AUTOCOMMIT")
-    name = "metering_behind_" + services["database_url"].rsplit("/", 1)[1][-20:]
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    url = services["database_url"].rsplit("/", 1)[0] + "/" + name
-    engine = create_engine(url, module=dbapi)
-    with engine.begin() as conn:  # the schema of the previous release: no routines yet
-        cfg = _alembic_config()
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0002")
-    engine.dispose()
     from metering.observability import logger
 
-    errors: list[str] = []
-    monkeypatch.setattr(logger, "error", lambda message, *args, **kwargs: errors.append(message))
-    saved = os.environ["DATABASE_URL"]
-    os.environ["DATABASE_URL"] = url
-    reset_engine()
-    try:
-        capsys.readouterr()
-        status, body = api.check("u1", "premium_voice", 10)
-        assert (status, body["error"]["code"]) == (503, "not_configured"), body
-        assert "run `metering migrate`" in body["error"]["message"]
-        status, body = api.record("e1", "u1", "premium_voice", 10)
-        assert (status, body["error"]["code"]) == (503, "not_configured"), body
-        assert errors == ["database schema is behind this code: run `metering migrate`"] * 2
-        assert '"DatabaseSchemaBehind"' in capsys.readouterr().out  # the metric
-        assert upgrade_to_head(url) == head_revision()
-        assert api.record("e1", "u1", "premium_voice", 10)[0] == 201
-    finally:
-        os.environ["DATABASE_URL"] = saved
+    with scratch_database(services["database_url"], "behind") as url:
+        engine = create_engine(url, module=dbapi)
+        with engine.begin() as conn:  # the schema of the previous release: no routines yet
+            cfg = _alembic_config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0002")
+        engine.dispose()
+        errors: list[str] = []
+        monkeypatch.setattr(logger, "error", lambda message, *args, **kwargs: errors.append(message))
+        monkeypatch.setenv("DATABASE_URL", url)
         reset_engine()
-        admin = create_engine(services["database_url"], isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        try:
+            capsys.readouterr()
+            status, body = api.check("u1", "premium_voice", 10)
+            assert (status, body["error"]["code"]) == (503, "not_configured"), body
+            assert "run `metering migrate`" in body["error"]["message"]
+            status, body = api.record("e1", "u1", "premium_voice", 10)
+            assert (status, body["error"]["code"]) == (503, "not_configured"), body
+            assert errors == ["database schema is behind this code: run `metering migrate`"] * 2
+            assert '"DatabaseSchemaBehind"' in capsys.readouterr().out  # the metric
+            assert upgrade_to_head(url) == head_revision()
+            assert api.record("e1", "u1", "premium_voice", 10)[0] == 201
+        finally:
+            monkeypatch.setenv("DATABASE_URL", services["database_url"])
+            reset_engine()
 
 
 def test_a_database_ahead_of_this_code_is_named_not_crashed_on(services, tmp_path, monkeypatch, capsys):
@@ -138,13 +127,7 @@ def test_a_database_ahead_of_this_code_is_named_not_crashed_on(services, tmp_pat
     from metering.db.migrate import SchemaAhead, add_arguments, run, upgrade_to_head
     from metering_dev.devserver import prepare_backends
 
-    admin = create_engine(services["database_url"], isolation_level="AUTOCOMMIT")
-    name = "metering_ahead_" + services["database_url"].rsplit("/", 1)[1][-20:]
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = services["database_url"].rsplit("/", 1)[0] + "/" + name
-    try:
+    with scratch_database(services["database_url"], "ahead") as url:
         ahead = create_engine(url)
         with ahead.begin() as conn:
             conn.execute(text("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)"))
@@ -158,17 +141,17 @@ def test_a_database_ahead_of_this_code_is_named_not_crashed_on(services, tmp_pat
         assert "newer release" in capsys.readouterr().err
         monkeypatch.setenv("DATABASE_URL", url)
         monkeypatch.setenv("REDIS_URL", services["redis_url"])
-        lines = prepare_backends(tmp_path)
+        environ = dict(os.environ)
+        try:
+            lines = prepare_backends(tmp_path)
+        finally:  # it sets the dev server's Powertools defaults too: none of them outlives the test
+            os.environ.clear()
+            os.environ.update(environ)
         assert any(line.startswith("WARNING: database is at revision 9999_from_the_future") for line in lines)
         with ahead.connect() as conn:  # nothing was changed
-            assert (
-                conn.execute(text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")).scalar() == 1
-            )
+            tables = conn.execute(text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")).scalar()
+        assert tables == 1
         ahead.dispose()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 # --- every statement of every routine reads by index --------------------------------------------------

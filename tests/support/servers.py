@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -117,3 +119,22 @@ def reset_state(urls: dict[str, str], *, wipe: bool = True) -> None:
     import redis
 
     redis.Redis.from_url(urls["redis_url"]).flushdb()
+
+
+@contextmanager
+def scratch_database(database_url: str, prefix: str) -> Iterator[str]:
+    """A new empty database on the server of `database_url` (named after `prefix` and that URL's
+    database, so parallel workers differ), dropped afterwards; yields its URL. The URL is edited
+    as a URL: an embedded server's carries its socket in the query string."""
+    base = make_url(database_url)
+    name = f"{prefix}_{base.database}"[:63]
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

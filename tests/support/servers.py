@@ -10,6 +10,7 @@ from sqlalchemy.engine import make_url
 
 # Every table the service writes, dependents first (the order TRUNCATE and counts can use).
 LEDGER_TABLES = (
+    "alerts",
     "renewal_rollovers",
     "topups",
     "renewals",

@@ -39,6 +39,7 @@ from metering.domain.ledger import ZERO, Breakdown, waterfall
 from metering.domain.periods import governing_plan
 from metering.errors import AmountOutOfRange, EventIdConflict, InternalError, MeteringError, check_int64
 from metering.observability import Metric, count, logger
+from metering.services import alerts
 from metering.services.context import Meter, meter, standing
 
 
@@ -191,6 +192,7 @@ def _apply(
         )
         for r in rows
     }
+    levels = alerts.levels(pairs)  # only of pairs whose usage type has alerts
     new: list[_New] = []
     for i, event in enumerate(events):
         pair = pairs.get((event.user_id, event.usage_type))
@@ -198,6 +200,7 @@ def _apply(
             outcomes[i] = _apply_one(event, pair, known, new, derived[i])
     if new:
         _write(conn, new, now)
+        alerts.after_usage(conn, pairs, levels, now)  # the outbox: a statement only if crossed
     return outcomes
 
 

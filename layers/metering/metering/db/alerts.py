@@ -98,11 +98,7 @@ class AlertRow(NamedTuple):
     delivered_at: datetime | None
 
 
-_COLUMNS = (
-    "id, user_id, alert_id, usage_type, period_start, period_end, threshold, used, allowance,"
-    " available, occurred_at, state, attempts, next_attempt_at, last_error, event_sent_at,"
-    " webhook_sent_at, delivered_at"
-)
+_COLUMNS = ", ".join(AlertRow._fields)
 
 _CLAIM = Statement(
     f"""
@@ -113,7 +109,7 @@ _CLAIM = Statement(
           LIMIT :limit
           FOR UPDATE SKIP LOCKED) AS due
     WHERE a.id = due.id
-    RETURNING a.*
+    RETURNING {", ".join(f"a.{name}" for name in AlertRow._fields)}
     """
 )
 

@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "dev": ("metering.devtools.devserver", "serve every route of template.yaml on 127.0.0.1:3000"),
     "openapi": ("metering.api.openapi", "print the HTTP API's OpenAPI document"),
+    "alerts": (
+        "metering.services.alert_delivery",
+        "usage alerts: list them, replay dead ones, deliver the due ones",
+    ),
 }
 
 

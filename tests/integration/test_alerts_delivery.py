@@ -7,6 +7,8 @@ functions at once deliver each alert once; a record never waits for a receiver."
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -19,6 +21,7 @@ from moto import mock_aws
 from metering.cli import main as cli
 from metering.services import alert_delivery
 from metering.services.alert_delivery import Targets, backoff, deliver_due, list_alerts, webhook_id
+from tests.conftest import ROOT
 from tests.support import api
 from tests.support.alerts import SECRET, Receiver, alert_rows, deliver_until_idle, use_alert_catalog
 from tests.support.containers import run_containers
@@ -220,7 +223,16 @@ def test_a_record_never_waits_for_the_receiver(receiver, monkeypatch):
     assert api.record("e1", "u1", "premium_voice", 4999)[0] == 201  # crosses three alerts
     assert time.perf_counter() - started < 2.0
     assert len(alert_rows()) == 3 and receiver.seen == []
-    assert "standardwebhooks" not in sys.modules or "metering.services.alert_delivery" in sys.modules
-    from metering.services import record as record_module
 
-    assert "alert_delivery" not in (record_module.__dict__.keys())
+    # and in a container of its own, recording (and crossing) loads no delivery code at all
+    probe = (
+        "import sys; from tests.support import api; "
+        "assert api.record('e2', 'u2', 'premium_voice', 5000)[0] == 201; "
+        "print(sorted(m for m in sys.modules if 'alert_delivery' in m or 'standardwebhooks' in m"
+        " or m == 'urllib.request'))"
+    )
+    subscribe("u2", "basic")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'layers' / 'metering'}"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert len(alert_rows("u2")) == 3 and receiver.seen == []

@@ -721,18 +721,25 @@ def test_alert_delivery_function(template: dict[str, Any]) -> None:
     assert not any(ev["Type"] == "HttpApi" for ev in events.values()), "alert delivery has no HTTP route"
     schedules = [ev["Properties"] for ev in events.values() if ev["Type"] in ("Schedule", "ScheduleV2")]
     assert [s["Schedule"] for s in schedules] == ["rate(1 minute)"]
+    # the bus given (the quickstart's), else one of the stack's own
     bus = template["Resources"]["AlertEventBus"]
-    assert bus["Type"] == "AWS::Events::EventBus"
+    assert bus["Type"] == "AWS::Events::EventBus" and bus["Condition"] == "CreateAlertEventBus"
+    assert template["Conditions"]["CreateAlertEventBus"] == {"Fn::Equals": [{"Ref": "AlertEventBusName"}, ""]}
     env = props["Environment"]["Variables"]
-    assert env["ALERT_EVENT_BUS"] == {"Ref": "AlertEventBus"}
+    assert env["ALERT_EVENT_BUS"] == {
+        "Fn::If": ["CreateAlertEventBus", {"Ref": "AlertEventBus"}, {"Ref": "AlertEventBusName"}]
+    }
     assert env["ALERT_WEBHOOK_URL"] == {"Ref": "AlertWebhookUrl"}
     assert env["ALERT_WEBHOOK_SECRET_ARN"] == {"Ref": "AlertWebhookSecretArn"}
     assert "ALERT_WEBHOOK_SECRET" not in env, "the secret itself never goes in the environment"
     statements = _statements(props["Policies"])
     put = [s for s in statements if "events:PutEvents" in _actions(s)]
-    assert [(_actions(s), s["Resource"]) for s in put] == [
-        (["events:PutEvents"], {"Fn::GetAtt": ["AlertEventBus", "Arn"]})
-    ]
+    assert [_actions(s) for s in put] == [["events:PutEvents"]]
+    created, given = put[0]["Resource"]["Fn::If"][1:]
+    assert created == {"Fn::GetAtt": ["AlertEventBus", "Arn"]}
+    assert given == {
+        "Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${AlertEventBusName}"
+    }
     secret = [s for s in statements if "secretsmanager:GetSecretValue" in _actions(s)]
     assert [s["Resource"] for s in secret] == [{"Ref": "AlertWebhookSecretArn"}]
     conditional = [p for p in props["Policies"] if isinstance(p, dict) and "Fn::If" in p]

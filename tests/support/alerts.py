@@ -68,6 +68,7 @@ class Receiver:
         self.acknowledged: list[tuple[str, dict]] = []
         self.rejected_signatures = 0
         self.lock = threading.Lock()
+        self.acked = threading.Event()  # set at each acknowledgement
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -103,6 +104,7 @@ class Receiver:
                 if mode == "ok":
                     with receiver.lock:
                         receiver.acknowledged.append((headers["webhook-id"], payload))
+                    receiver.acked.set()
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
         self.server.daemon_threads = True

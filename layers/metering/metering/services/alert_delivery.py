@@ -342,3 +342,31 @@ def run(args: argparse.Namespace) -> int:
     report = deliver_all_due()
     print(json.dumps(report.as_dict()))
     return 0 if not report.errors else 1
+
+
+# --- the dev server: delivery in the background ----------------------------------------------------
+
+
+def start_background(interval_s: float = 2.0) -> str:
+    """Deliver due alerts every `interval_s` seconds in a daemon thread (the dev server's stand-in
+    for the schedule); a line saying what it does. A failing run is logged and the loop goes on."""
+    import threading
+
+    try:
+        t = targets()
+    except (NotConfigured, Unavailable) as error:
+        return f"alerts: not delivered ({error})"
+    if not t.any:
+        return "alerts: kept pending (set ALERT_WEBHOOK_URL and ALERT_WEBHOOK_SECRET, or ALERT_EVENT_BUS)"
+    stop = threading.Event()  # never set: the thread ends with the process
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            try:
+                deliver_all_due(t=t)
+            except Exception:
+                logger.exception("background alert delivery failed")
+
+    threading.Thread(target=loop, name="alert-delivery", daemon=True).start()
+    where = " and ".join(x for x in (t.webhook_url, t.event_bus and f"EventBridge bus {t.event_bus}") if x)
+    return f"alerts: delivered every {interval_s:g} s to {where}"

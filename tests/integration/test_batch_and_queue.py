@@ -50,11 +50,18 @@ def test_batch_outcomes_in_request_order():
     assert (
         results[0]["breakdown"]
         == results[3]["breakdown"]
-        == {"from_subscription": 4000, "from_rollover": 0, "from_purchased": 0, "overflow_to_debt": 0}
+        == {
+            "from_subscription": 4000,
+            "from_rollover": 0,
+            "from_grants": 0,
+            "from_purchased": 0,
+            "overflow_to_debt": 0,
+        }
     )
     assert results[2]["breakdown"] == {
         "from_subscription": 1000,
         "from_rollover": 0,
+        "from_grants": 0,
         "from_purchased": 0,
         "overflow_to_debt": 500,
     }

@@ -130,7 +130,13 @@ def waterfall(
     """Allowance first (only while the period has some left), then positive rollover, then
     purchased credit, the rest as debt. A plain counter takes it all from the allowance."""
     if not pools:
-        return {"from_subscription": amount, "from_rollover": 0, "from_purchased": 0, "overflow_to_debt": 0}
+        return {
+            "from_subscription": amount,
+            "from_rollover": 0,
+            "from_grants": 0,
+            "from_purchased": 0,
+            "overflow_to_debt": 0,
+        }
     allowance = amount if limit is None else min(amount, max(0, limit - used))
     left = amount - allowance
     from_rollover = min(left, rollover) if rollover > 0 else 0
@@ -140,6 +146,7 @@ def waterfall(
     return {
         "from_subscription": allowance,
         "from_rollover": from_rollover,
+        "from_grants": 0,
         "from_purchased": from_purchased,
         "overflow_to_debt": left,
     }
@@ -319,6 +326,7 @@ class Model:
             "used": used,
             "rollover": rollover,
             "purchased": purchased,
+            "granted": 0,
             "reserved": reserved,
             "available": available,
         }
@@ -377,6 +385,7 @@ class Model:
             "used": period.used[usage_type],
             "rollover": u.rollover[usage_type] if kind.pools else 0,
             "purchased": u.purchased[usage_type] if kind.pools else 0,
+            "granted": 0,
         }
         return 201, {"recorded": True, "duplicate": False, "breakdown": split, "balance": balance}
 

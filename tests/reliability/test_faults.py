@@ -38,7 +38,7 @@ pytestmark = pytest.mark.xdist_group("reliability")
 
 USER, TYPE = "u1", "premium_voice"
 EVENT = "job-300"
-LOCK_STATEMENT = "metering.lock_pairs_v1"  # the routine where a record waits for the user's row
+LOCK_STATEMENT = "metering.lock_pairs_v2"  # the routine where a record waits for the user's row
 APPLIED = {
     "event_id": EVENT,
     "recorded": True,
@@ -46,10 +46,11 @@ APPLIED = {
     "breakdown": {
         "from_subscription": 100,
         "from_rollover": 50,
+        "from_grants": 0,
         "from_purchased": 100,
         "overflow_to_debt": 50,
     },
-    "balance": {"used": 5000, "rollover": -50, "purchased": 0},
+    "balance": {"used": 5000, "rollover": -50, "purchased": 0, "granted": 0},
 }
 REPLAYED = {**APPLIED, "recorded": False, "duplicate": True}
 
@@ -321,10 +322,11 @@ def test_postgres_restarted_while_containers_are_warm_the_next_invocations_succe
             "breakdown": {
                 "from_subscription": 200,
                 "from_rollover": 0,
+                "from_grants": 0,
                 "from_purchased": 0,
                 "overflow_to_debt": 0,
             },
-            "balance": {"used": 300, "rollover": 0, "purchased": 0},
+            "balance": {"used": 300, "rollover": 0, "purchased": 0, "granted": 0},
         },
     )
     assert (chk[0], summ[0]) == (200, 200), f"after the restart: check {chk}; summary {summ}"
@@ -362,7 +364,7 @@ def test_postgres_down_every_route_answers_503_and_the_retries_apply_once(privat
     assert api.adjust(USER, "adj-p", TYPE, "purchased", 100)[0] == 201
     assert stripe.deliver(event) == (200, {"status": "ok"})
     status, body = api.record(EVENT, USER, TYPE, 300)
-    assert status == 201 and body["balance"] == {"used": 400, "rollover": 0, "purchased": 1100}
+    assert status == 201 and body["balance"] == {"used": 400, "rollover": 0, "purchased": 1100, "granted": 0}
     assert api.batch(batch)[1]["results"][0]["status"] == "recorded"
     assert api.record(EVENT, USER, TYPE, 300)[0] == 200
     assert query("SELECT rollover, purchased FROM balances")[0] == (0, 1100)
@@ -398,7 +400,7 @@ def test_redis_stopped_checks_answer_from_the_database_and_records_are_unaffecte
         },
     )
     status, body = api.record("e1", USER, TYPE, 1000, reservation_id="r1")  # settling r1 is best effort
-    assert (status, body["balance"]) == (201, {"used": 1000, "rollover": 0, "purchased": 0})
+    assert (status, body["balance"]) == (201, {"used": 1000, "rollover": 0, "purchased": 0, "granted": 0})
     status, body = api.check(USER, TYPE, 4000)
     assert (status, body["allowed"], body["available"], body["reservations_counted"]) == (
         200,
@@ -529,7 +531,7 @@ def test_lambda_killed_with_its_transaction_open_is_all_or_nothing(private, bloc
         blocker, statement = (
             (row_locked(), LOCK_STATEMENT)
             if blocked_in == "row lock"
-            else (usage_log_insert_blocked(), "metering.post_usage_v1")
+            else (usage_log_insert_blocked(), "metering.post_usage_v2")
         )
         with blocker:
             container.submit(invoke_record, EVENT, USER, TYPE, 300)

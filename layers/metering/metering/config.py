@@ -36,6 +36,8 @@ class Settings(BaseModel):
     alert_event_bus: Opt = None  # usage alerts (section 7): EventBridge bus name
     alert_webhook_url: Opt = None
     alert_webhook_secret: Opt = None  # whsec_ + base64 (Standard Webhooks)
+    # api.md section 7: how far back `occurred_at` may lie
+    late_event_grace_seconds: int = Field(default=86400, ge=0, le=400 * 86400)
 
     # AWS deployment: RDS Proxy with IAM auth, or a Secrets Manager secret with username/password
     db_host: Opt = None
@@ -69,6 +71,7 @@ ENV = {
     "ALERT_EVENT_BUS": "alert_event_bus",
     "ALERT_WEBHOOK_URL": "alert_webhook_url",
     "ALERT_WEBHOOK_SECRET": "alert_webhook_secret",
+    "LATE_EVENT_GRACE_SECONDS": "late_event_grace_seconds",
     "DB_HOST": "db_host",
     "DB_PORT": "db_port",
     "DB_NAME": "db_name",

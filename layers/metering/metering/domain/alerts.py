@@ -24,12 +24,22 @@ class Level(NamedTuple):
     available: int | None
 
 
-def level(*, limit: int | None, used: int, rollover: int, purchased: int, pools: bool) -> Level:
-    """A pair's `Level` (reservations are not part of the ledger, so they are not counted)."""
+def level(
+    *, limit: int | None, used: int, rollover: int, purchased: int, pools: bool, granted: int = 0
+) -> Level:
+    """A pair's `Level`, live grants counted (reservations are not part of the ledger: not counted)."""
     return Level(
         limit,
         used,
-        available(limit=limit, used=used, rollover=rollover, purchased=purchased, pools=pools, reserved=0),
+        available(
+            limit=limit,
+            used=used,
+            rollover=rollover,
+            purchased=purchased,
+            pools=pools,
+            reserved=0,
+            granted=granted,
+        ),
     )
 
 

@@ -7,14 +7,14 @@ SKIP LOCKED), delivers them outside any transaction, then marks them delivered, 
 or, after a bounded number of attempts, marks them dead (`metering alerts replay` makes them
 pending again). `id` is the stable webhook-id of the alert.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 """
 
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

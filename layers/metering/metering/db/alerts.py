@@ -1,4 +1,4 @@
-"""The alerts outbox's SQL (table `alerts`, migration 0005): written by the transactions that
+"""The alerts outbox's SQL (table `alerts`, migration 0006): written by the transactions that
 cross an alert, claimed and settled by the delivery (`metering.services.alert_delivery`)."""
 
 from __future__ import annotations

@@ -136,10 +136,10 @@ def _copy_dists(dists: list[md.Distribution], target: Path) -> None:
 
 
 def _leave_out(layer: Path) -> None:
-    """What layers/metering/Makefile deletes after installing: the dev tools, and the parts of the
-    dependencies that layers/metering/prune.txt lists."""
+    """What layers/metering/Makefile deletes after installing: the parts of the dependencies that
+    layers/metering/prune.txt lists."""
     listed = [line.strip() for line in (LAYER_SRC / "prune.txt").read_text().splitlines()]
-    for path in ["metering/devtools", "metering/api/openapi.py", *(p for p in listed if p and p[0] != "#")]:
+    for path in (p for p in listed if p and p[0] != "#"):
         target = layer / path
         if target.is_dir():
             shutil.rmtree(target)
@@ -257,7 +257,7 @@ def _sam() -> Path | None:
 
 def _function_ids() -> dict[str, str]:
     """functions/<name> -> the logical id of the (first) function built from it."""
-    from metering.devtools.template import load_template
+    from metering_dev.template import load_template
 
     ids: dict[str, str] = {}
     for logical_id, res in load_template(ROOT / "template.yaml")["Resources"].items():

@@ -12,9 +12,9 @@ import pytest
 from bench import wire
 from metering.api.models import UsageRequest
 from metering.db.engine import get_engine
-from metering.devtools.context import make_context
-from metering.devtools.events import sqs_event
 from metering.services.record import record
+from metering_dev.context import make_context
+from metering_dev.events import sqs_event
 from tests.support import api
 from tests.support.alerts import alert_rows, fired, use_alert_catalog
 from tests.support.containers import record_events, run_containers

@@ -7,8 +7,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from metering.devtools.context import make_context
-from metering.devtools.events import sqs_event
+from metering_dev.context import make_context
+from metering_dev.events import sqs_event
 from tests.support import api
 from tests.support.lambda_events import handler
 from tests.support.state import assert_reconciled, execute, query, subscribe, use_test_catalog

@@ -53,8 +53,8 @@ OPERATIONS = {op.label: op for op in (result.ok() for result in SCHEMA.get_all_o
 
 @pytest.fixture(scope="module")
 def base_url():
-    from metering.devtools.devserver import DevServer
-    from metering.devtools.template import functions
+    from metering_dev.devserver import DevServer
+    from metering_dev.template import functions
 
     server = DevServer(("127.0.0.1", 0), functions(ROOT / "template.yaml"), DOC)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -194,6 +194,8 @@ def test_fuzz_operation(label, base_url, seeded, services):
         assert changed.pop("usage_events", 0) == recorded
     elif (method, path) == ("POST", "/v1/users/{user_id}/adjustments"):
         assert changed.pop("adjustments", 0) == sum(1 for status, _ in outcomes if status == 201)
+    elif (method, path) == ("POST", "/v1/users/{user_id}/grants"):
+        assert changed.pop("grants", 0) == sum(1 for status, _ in outcomes if status == 201)
     else:
         assert changed == {}, f"{label} wrote {changed}"  # reads, checks, releases, webhook: no rows
         if method == "GET" or path == "/v1/stripe/webhook":

@@ -136,7 +136,7 @@ def test_a_database_ahead_of_this_code_is_named_not_crashed_on(services, tmp_pat
     """A newer release (or another checkout on the same server) migrated the database: `migrate`
     says so and exits 2, changing nothing; `metering dev` / `invoke` warn and serve."""
     from metering.db.migrate import SchemaAhead, add_arguments, run, upgrade_to_head
-    from metering.devtools.devserver import prepare_backends
+    from metering_dev.devserver import prepare_backends
 
     admin = create_engine(services["database_url"], isolation_level="AUTOCOMMIT")
     name = "metering_ahead_" + services["database_url"].rsplit("/", 1)[1][-20:]

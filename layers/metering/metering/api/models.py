@@ -10,7 +10,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 from pydantic_core import PydanticCustomError
 
 from metering.errors import INT64_MAX
@@ -42,7 +42,17 @@ def _routable(value: str) -> str:
     return value
 
 
+def _iso_text(value: Any) -> Any:
+    """An instant is ISO-8601 text (or, from Python, a datetime): a number would be read as Unix
+    seconds, silently."""
+    if not isinstance(value, str | datetime):
+        raise PydanticCustomError("iso_datetime", "must be an ISO-8601 date-time string with a timezone")
+    return value
+
+
 Text = Annotated[str, AfterValidator(_no_nul)]
+# an ISO-8601 date-time with a timezone (`Z` or an offset)
+Instant = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
 Ident = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_no_nul)]
 RoutedId = Annotated[
     str, Field(min_length=1, max_length=255), AfterValidator(_no_nul), AfterValidator(_routable)
@@ -154,7 +164,7 @@ class UsageRequest(Request):
     details: Annotated[dict[str, Any] | None, AfterValidator(_details_checked)] = None
     reservation_id: RoutedId | None = None
     # when the usage happened (default: when it is recorded); picks the period it belongs to
-    occurred_at: AwareDatetime | None = None
+    occurred_at: Instant | None = None
 
 
 class BreakdownOut(Response):
@@ -234,7 +244,7 @@ class GrantRequest(Request):
     grant_id: Ident
     usage_type: UsageTypeName
     amount: PositiveAmount
-    expires_at: AwareDatetime
+    expires_at: Instant
     reason: Annotated[Text, Field(min_length=1, max_length=1000)]
 
 

@@ -28,7 +28,16 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("AWS_REGION", "us-east-1")
 for _var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"):
     os.environ.setdefault(_var, "testing")
-for _var in ("DATABASE_URL", "REDIS_URL", "METERING_CATALOG", "STRIPE_WEBHOOK_SECRET", "BILLING_ENABLED"):
+for _var in (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "METERING_CATALOG",
+    "STRIPE_WEBHOOK_SECRET",
+    "BILLING_ENABLED",
+    "ALERT_EVENT_BUS",
+    "ALERT_WEBHOOK_URL",
+    "ALERT_WEBHOOK_SECRET",
+):
     os.environ.pop(_var, None)
 
 

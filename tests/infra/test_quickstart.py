@@ -89,7 +89,8 @@ def test_the_service_outputs_are_the_stacks_outputs(
     for name in service["Outputs"]:
         assert outputs.get(name, {}).get("Value") == {"Fn::GetAtt": ["Service", f"Outputs.{name}"]}, name
     assert outputs["StripeWebhookSecretArn"]["Value"] == {"Ref": "StripeWebhookSecret"}
-    assert outputs["AlertEventBusName"]["Value"] == {"Ref": "AlertEventBus"}
+    # the bus the endpoint policy allows is the one the service publishes to
+    assert _nested(quickstart)["Parameters"]["AlertEventBusName"] == {"Ref": "AlertEventBus"}
 
 
 ENDPOINTS = {  # service -> the one action the functions (and the proxy) call through it

@@ -209,7 +209,7 @@ def test_sam_build_without_containers(built: Path) -> None:
 # the build output, as Lambda loads it
 
 LAYER = "MeteringLayer"
-ALL_FUNCTIONS = [*FUNCTIONS, "MaintenanceFunction"]
+ALL_FUNCTIONS = [*FUNCTIONS, "MaintenanceFunction", "AlertDeliveryFunction"]
 # alembic and what it alone needs: the migration path, shipped by the maintenance function only
 MIGRATION_ONLY = ("alembic", "mako", "markupsafe")
 # what the python3.12 runtime itself provides (in /var/runtime), after everything else on sys.path
@@ -448,6 +448,11 @@ def test_requirements_follow_pyproject() -> None:
         for r in map(Requirement, project["optional-dependencies"]["webhook"])
     }
     assert webhook <= _requirement_set(REPO / "functions" / "stripe_webhook" / "requirements.txt")
+    alerts = {
+        (canonicalize_name(r.name), str(r.specifier))
+        for r in map(Requirement, project["optional-dependencies"]["alerts"])
+    }
+    assert alerts <= _requirement_set(REPO / "functions" / "alert_delivery" / "requirements.txt")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,6 +550,7 @@ def test_functions_use_python312_and_the_layer(template: dict[str, Any]) -> None
         assert fn in functions, f"{fn} missing"
         assert functions[fn]["CodeUri"] == code_uri, f"{fn}: CodeUri {functions[fn]['CodeUri']!r}"
     assert functions["MaintenanceFunction"]["CodeUri"] == "functions/maintenance/"
+    assert functions["AlertDeliveryFunction"]["CodeUri"] == "functions/alert_delivery/"
     for fn, props in functions.items():
         assert _prop(template, props, "Runtime") == "python3.12", f"{fn}: runtime"
         layers = list(_globals(template).get("Layers", [])) + list(props.get("Layers", []))
@@ -578,7 +584,7 @@ def test_functions_are_built_by_one_makefile(template: dict[str, Any]) -> None:
     assert "include $(dir $(lastword $(MAKEFILE_LIST)))../build.mk" in next(iter(makefiles.values()))
 
 
-@pytest.mark.parametrize("fn", [*FUNCTIONS, "MaintenanceFunction"])
+@pytest.mark.parametrize("fn", ALL_FUNCTIONS)
 def test_handler_resolves_to_a_callable(template: dict[str, Any], fn: str) -> None:
     props = _functions(template)[fn]
     module, _, attr = props["Handler"].rpartition(".")
@@ -718,6 +724,43 @@ def test_maintenance_schedule(template: dict[str, Any]) -> None:
     assert template["Resources"]["MaintenanceDeadLetterQueue"]["Properties"]["SqsManagedSseEnabled"] is True
 
 
+def test_alert_delivery_function(template: dict[str, Any]) -> None:
+    """api.md section 7: AlertDeliveryFunction, every minute, PutEvents on the one bus only, the
+    webhook secret from Secrets Manager (only when one is given), the contract's variable names."""
+    props = _functions(template)["AlertDeliveryFunction"]
+    events = props.get("Events") or {}
+    assert not any(ev["Type"] == "HttpApi" for ev in events.values()), "alert delivery has no HTTP route"
+    schedules = [ev["Properties"] for ev in events.values() if ev["Type"] in ("Schedule", "ScheduleV2")]
+    assert [s["Schedule"] for s in schedules] == ["rate(1 minute)"]
+    # the bus given (the quickstart's), else one of the stack's own
+    bus = template["Resources"]["AlertEventBus"]
+    assert bus["Type"] == "AWS::Events::EventBus" and bus["Condition"] == "CreateAlertEventBus"
+    assert template["Conditions"]["CreateAlertEventBus"] == {"Fn::Equals": [{"Ref": "AlertEventBusName"}, ""]}
+    env = props["Environment"]["Variables"]
+    assert env["ALERT_EVENT_BUS"] == {
+        "Fn::If": ["CreateAlertEventBus", {"Ref": "AlertEventBus"}, {"Ref": "AlertEventBusName"}]
+    }
+    assert env["ALERT_WEBHOOK_URL"] == {"Ref": "AlertWebhookUrl"}
+    assert env["ALERT_WEBHOOK_SECRET_ARN"] == {"Ref": "AlertWebhookSecretArn"}
+    assert "ALERT_WEBHOOK_SECRET" not in env, "the secret itself never goes in the environment"
+    statements = _statements(props["Policies"])
+    put = [s for s in statements if "events:PutEvents" in _actions(s)]
+    assert [_actions(s) for s in put] == [["events:PutEvents"]]
+    created, given = put[0]["Resource"]["Fn::If"][1:]
+    assert created == {"Fn::GetAtt": ["AlertEventBus", "Arn"]}
+    assert given == {
+        "Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${AlertEventBusName}"
+    }
+    secret = [s for s in statements if "secretsmanager:GetSecretValue" in _actions(s)]
+    assert [s["Resource"] for s in secret] == [{"Ref": "AlertWebhookSecretArn"}]
+    conditional = [p for p in props["Policies"] if isinstance(p, dict) and "Fn::If" in p]
+    assert [p["Fn::If"][0] for p in conditional] == ["HasAlertWebhookSecret"]
+    assert {"AlertWebhookUrl", "AlertWebhookSecretArn"} <= set(template["Parameters"])
+    for fn, other in _functions(template).items():
+        if fn != "AlertDeliveryFunction":
+            assert not [s for s in _statements(other.get("Policies")) if "events:PutEvents" in _actions(s)]
+
+
 # what template.yaml's required parameters are given when it is translated
 SERVICE_PARAMETERS = {
     "VpcSubnetIds": "subnet-1",
@@ -751,9 +794,10 @@ def test_snapstart_option_publishes_versions_that_everything_invokes() -> None:
     assert [p["FunctionName"] for p in of("AWS::Lambda::EventSourceMapping")] == [
         {"Ref": "RecordQueueFunctionAliaslive"}
     ]
-    assert [t["Arn"] for p in of("AWS::Events::Rule") for t in p["Targets"]] == [
-        {"Ref": "MaintenanceFunctionAliaslive"},
-        {"Ref": "MaintenanceFunctionAliaslive"},
+    assert sorted(t["Arn"]["Ref"] for p in of("AWS::Events::Rule") for t in p["Targets"]) == [
+        "AlertDeliveryFunctionAliaslive",
+        "MaintenanceFunctionAliaslive",
+        "MaintenanceFunctionAliaslive",
     ]
 
 
@@ -938,3 +982,23 @@ def test_every_handler_serves_requests_from_the_build(
     results = _serve(built, runtime_dir, "MaintenanceFunction", calls, env)
     assert results[0]["action"] == "migrate" and results[0]["revision"], results
     assert results[1] == {"action": "reconcile", "clean": True, "drifts": 0}, results
+
+    # an alert in the outbox, delivered by the built function to a local receiver that checks
+    # the Standard Webhooks signature (the build ships standardwebhooks)
+    from tests.support.alerts import SECRET, Receiver
+    from tests.support.state import execute
+
+    execute(
+        "INSERT INTO alerts (user_id, alert_id, usage_type, period_start, period_end, threshold, used,"
+        " allowance, available, occurred_at) VALUES (:u, 'voice_80', 'premium_voice', now(),"
+        " now() + interval '30 days', '{\"at_percent\": 80}', 800, 1000, 200, now())",
+        u=user,
+    )
+    receiver = Receiver(mode="ok")
+    try:
+        alert_env = {**env, "ALERT_WEBHOOK_URL": receiver.url, "ALERT_WEBHOOK_SECRET": SECRET}
+        results = _serve(built, runtime_dir, "AlertDeliveryFunction", [("lambda_handler", {})], alert_env)
+    finally:
+        receiver.close()
+    assert results == [{"claimed": 1, "delivered": 1, "retrying": 0, "dead": 0}], results
+    assert [payload["alert_id"] for _, payload in receiver.acknowledged] == ["voice_80"]

@@ -22,6 +22,8 @@ def function_for(event: dict) -> str:
         return "RecordQueueFunction"
     if "action" in event:
         return "MaintenanceFunction"
+    if event.get("detail-type") == "Scheduled Event":
+        return "AlertDeliveryFunction"  # the one schedule without an Input of its own
     method, path = event["routeKey"].split(" ", 1)
     for logical_id, spec in functions(TEMPLATE).items():
         if any(r.method == method and r.path == path for r in spec.routes):
@@ -67,6 +69,7 @@ def test_every_event_file_is_covered_by_this_module():
         "maintenance_reconcile",
         "maintenance_expire_grants",
         "stripe_webhook",
+        "alert_delivery",
     }
     assert {p.stem for p in EVENTS.glob("*.json")} <= covered
 
@@ -111,6 +114,29 @@ def test_maintenance_events(clean):
     assert invoke("maintenance_migrate")[1]["action"] == "migrate"
     assert invoke("maintenance_reconcile")[1] == {"action": "reconcile", "clean": True, "drifts": 0}
     assert invoke("maintenance_expire_grants")[1] == {"action": "expire_grants", "expired": 0}
+
+
+def test_alert_delivery_event(clean, monkeypatch):
+    from metering.config import get_settings
+    from tests.support.alerts import SECRET, Receiver
+
+    # user-42 on the shipped catalog (free: ocr_tokens 0): credit given, then taken back
+    assert api.adjust("user-42", "give", "ocr_tokens", "purchased", 100)[0] == 201
+    assert api.adjust("user-42", "take", "ocr_tokens", "purchased", -100)[0] == 201  # ocr_depleted
+    receiver = Receiver(mode="ok")
+    try:
+        monkeypatch.setenv("ALERT_WEBHOOK_URL", receiver.url)
+        monkeypatch.setenv("ALERT_WEBHOOK_SECRET", SECRET)
+        get_settings.cache_clear()
+        logical_id, result = invoke("alert_delivery")
+    finally:
+        receiver.close()
+        get_settings.cache_clear()
+    assert (logical_id, result) == (
+        "AlertDeliveryFunction",
+        {"claimed": 1, "delivered": 1, "retrying": 0, "dead": 0},
+    )
+    assert [(p["alert_id"], p["user_id"]) for _, p in receiver.acknowledged] == [("ocr_depleted", "user-42")]
 
 
 def test_invoke_command_runs_an_event_file(clean):

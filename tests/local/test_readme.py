@@ -16,6 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
 RUN_ELSEWHERE = {
+    "metering alerts list": "tests/integration/test_alerts_delivery.py: the dead alerts listed",
+    "metering alerts replay [ID ...]": "tests/integration/test_alerts_delivery.py: replayed by id and by user",
+    "metering alerts deliver": "tests/integration/test_alerts_delivery.py: deliver_due, as it runs",
     "make dev": "tests/local/test_make_dev.py: make dev (with PORT=<free port>)",
     "make dev PORT=3001": "tests/local/test_make_dev.py: make dev with PORT=<free port>",
     "STRIPE_WEBHOOK_SECRET=whsec_... make dev": "tests/local/test_make_dev.py, with a signed event",

@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 
 # Every table the service writes, dependents first (the order TRUNCATE and counts can use).
 LEDGER_TABLES = (
+    "alerts",
     "grants",
     "renewal_rollovers",
     "topups",

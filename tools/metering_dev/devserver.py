@@ -344,6 +344,9 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_exit)
     for line in prepare_backends(Path(args.state_dir)):
         print(line, flush=True)
+    from metering.services.alert_delivery import start_background  # issue 19: alerts end to end
+
+    print(start_background(), flush=True)
     server = DevServer((args.host, args.port), specs, template.resolve().parent / "docs" / "openapi.json")
     routes = len(server.router.routes)
     print(f"{routes} routes from {len(specs)} functions in {template}", flush=True)

@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "dev": (f"{DEV_PACKAGE}.devserver", "serve every route of template.yaml on 127.0.0.1:3000"),
     "openapi": (f"{DEV_PACKAGE}.openapi", "print the HTTP API's OpenAPI document"),
+    "alerts": (
+        "metering.services.alert_delivery",
+        "usage alerts: list them, replay dead ones, deliver the due ones",
+    ),
 }
 
 

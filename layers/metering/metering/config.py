@@ -33,6 +33,9 @@ class Settings(BaseModel):
     metering_catalog: Opt = None
     stripe_webhook_secret: Opt = None
     billing_enabled: bool = True
+    alert_event_bus: Opt = None  # usage alerts (section 7): EventBridge bus name
+    alert_webhook_url: Opt = None
+    alert_webhook_secret: Opt = None  # whsec_ + base64 (Standard Webhooks)
     # api.md section 7: how far back `occurred_at` may lie
     late_event_grace_seconds: int = Field(default=86400, ge=0, le=400 * 86400)
 
@@ -47,6 +50,9 @@ class Settings(BaseModel):
     aws_region: Opt = None
     stripe_webhook_secret_arn: Opt = None
     usage_dlq_url: Opt = None
+    alert_webhook_secret_arn: Opt = None
+    alert_webhook_timeout_s: float = Field(default=10.0, gt=0, le=60)
+    alert_max_attempts: int = Field(default=12, ge=1, le=100)
 
     # connection behaviour
     db_pool_size: int = Field(default=1, ge=1, le=64)
@@ -62,6 +68,9 @@ ENV = {
     "METERING_CATALOG": "metering_catalog",
     "STRIPE_WEBHOOK_SECRET": "stripe_webhook_secret",
     "BILLING_ENABLED": "billing_enabled",
+    "ALERT_EVENT_BUS": "alert_event_bus",
+    "ALERT_WEBHOOK_URL": "alert_webhook_url",
+    "ALERT_WEBHOOK_SECRET": "alert_webhook_secret",
     "LATE_EVENT_GRACE_SECONDS": "late_event_grace_seconds",
     "DB_HOST": "db_host",
     "DB_PORT": "db_port",
@@ -73,6 +82,9 @@ ENV = {
     "AWS_REGION": "aws_region",
     "STRIPE_WEBHOOK_SECRET_ARN": "stripe_webhook_secret_arn",
     "USAGE_DLQ_URL": "usage_dlq_url",
+    "ALERT_WEBHOOK_SECRET_ARN": "alert_webhook_secret_arn",
+    "ALERT_WEBHOOK_TIMEOUT_S": "alert_webhook_timeout_s",
+    "ALERT_MAX_ATTEMPTS": "alert_max_attempts",
     "DB_POOL_SIZE": "db_pool_size",
     "DB_TIMEOUT_S": "db_timeout_s",
     "DB_PING_AFTER_IDLE_S": "db_ping_after_idle_s",

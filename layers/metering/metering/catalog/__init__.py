@@ -1,7 +1,8 @@
-"""The catalog of usage types, plans and packs (api.md section 4). See `metering.catalog.model`."""
+"""The catalog of usage types, plans, packs and alerts (api.md sections 4, 7): `metering.catalog.model`."""
 
 from metering.catalog.model import (
     DEFAULT_CATALOG,
+    Alert,
     Breakdown,
     Catalog,
     CatalogError,
@@ -16,6 +17,7 @@ from metering.catalog.model import (
 
 __all__ = [
     "DEFAULT_CATALOG",
+    "Alert",
     "Breakdown",
     "Catalog",
     "CatalogError",

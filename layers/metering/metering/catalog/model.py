@@ -1,4 +1,5 @@
-"""The catalog: usage types, plans and packs (api.md section 4, metering.md "The catalog").
+"""The catalog: usage types, plans, packs and alerts (api.md sections 4 and 7, metering.md "The
+catalog").
 
 `parse_catalog` / `load_catalog` read the YAML file and validate all of it before anything else
 runs: a bad catalog is one `CatalogError` that lists every problem, one per line, each named by its
@@ -24,6 +25,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -36,7 +38,8 @@ ID_PATTERN = r"^[a-z0-9][a-z0-9_\-]*$"
 FIELD_PATTERN = r"^(?:reference_id|details\.[A-Za-z0-9_\-]+)$"
 _ID_RE = re.compile(ID_PATTERN)
 _FIELD_RE = re.compile(FIELD_PATTERN)
-_TOP_LEVEL_KEYS = ("usage_types", "plans", "packs")
+_TOP_LEVEL_KEYS = ("usage_types", "plans", "packs", "alerts")
+ALERT_WHEN = ("available_depleted",)
 
 
 class CatalogError(ValueError):
@@ -108,6 +111,19 @@ def _field_path(value: object) -> str:
     return value
 
 
+def _percent(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100:
+        raise _fail(f"must be an integer from 1 to 100 (got {_show(value)})")
+    return value
+
+
+def _when(value: object) -> str:
+    if value not in ALERT_WHEN:
+        raise _fail(f"must be one of {', '.join(ALERT_WHEN)} (got {_show(value)})")
+    assert isinstance(value, str)
+    return value
+
+
 def _boolean(value: object) -> bool:
     if not isinstance(value, bool):
         raise _fail(f"must be true or false (got {_show(value)})")
@@ -123,6 +139,8 @@ Count = Annotated[int, PlainValidator(_integer(0, nullable=False))]
 OptionalCount = Annotated[int | None, PlainValidator(_integer(0, nullable=True))]
 Limit = Annotated[int | None, PlainValidator(_integer(0, nullable=True))]
 Amount = Annotated[int, PlainValidator(_integer(1, nullable=False))]
+Percent = Annotated[int, PlainValidator(_percent)]
+When = Annotated[str, PlainValidator(_when)]
 MAX_DAYS = 3660  # ten years: a credit's lifetime, well inside datetime's range
 
 
@@ -218,6 +236,29 @@ class Pack(BaseModel):
     expires_in_days: Days = None
 
 
+class Alert(BaseModel):
+    """A threshold of a usage type that, once crossed, writes one alert per user and period
+    (api.md section 7): `at_percent` of the period's allowance, or `when` available reaches 0."""
+
+    model_config = _FROZEN
+
+    id: Id
+    usage_type: Id
+    at_percent: Percent | None = None
+    when: When | None = None
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> Alert:
+        if (self.at_percent is None) == (self.when is None):
+            raise _fail("give exactly one of at_percent (1..100) or when (available_depleted)")
+        return self
+
+    @property
+    def threshold(self) -> dict[str, int | str]:
+        """The body's `threshold`: {"at_percent": n} or {"when": "..."}."""
+        return {"at_percent": self.at_percent} if self.at_percent is not None else {"when": str(self.when)}
+
+
 class Catalog(BaseModel):
     """A validated catalog. Build it with `validate_catalog` (or `parse_catalog` / `load_catalog`):
     the rules that span entries are checked there, once, with every problem reported together."""
@@ -227,17 +268,23 @@ class Catalog(BaseModel):
     usage_types: dict[str, UsageType]  # ordered as in the file
     plans: tuple[Plan, ...]
     packs: tuple[Pack, ...] = ()
+    alerts: tuple[Alert, ...] = ()
 
     _plans: dict[str, Plan] = PrivateAttr(default_factory=dict)
     _prices: dict[str, Plan] = PrivateAttr(default_factory=dict)
     _packs: dict[str, Pack] = PrivateAttr(default_factory=dict)
     _pack_prices: dict[str, Pack] = PrivateAttr(default_factory=dict)
+    _alerts: dict[str, tuple[Alert, ...]] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, context: Any, /) -> None:
         self._plans = {plan.id: plan for plan in self.plans}
         self._prices = {price: plan for plan in self.plans for price in plan.stripe_prices}
         self._packs = {pack.id: pack for pack in self.packs}
         self._pack_prices = {price: pack for pack in self.packs for price in pack.stripe_prices}
+        self._alerts = {
+            kind: tuple(alert for alert in self.alerts if alert.usage_type == kind)
+            for kind in {alert.usage_type for alert in self.alerts}
+        }
 
     @property
     def free_plan(self) -> Plan:
@@ -265,6 +312,10 @@ class Catalog(BaseModel):
     def usage_type(self, name: str) -> UsageType | None:
         return self.usage_types.get(name)
 
+    def alerts_for(self, usage_type: str) -> tuple[Alert, ...]:
+        """The alerts of one usage type (empty for most: a dict lookup on the record path)."""
+        return self._alerts.get(usage_type, ())
+
 
 def cross_check(
     declared: Sequence[str],
@@ -273,6 +324,7 @@ def cross_check(
     packs: Sequence[tuple[int, Pack]],
     *,
     complete: bool = True,
+    alerts: Sequence[tuple[int, Alert]] = (),
 ) -> list[str]:
     """Rules that span entries. `declared` is every usage type key in the file (valid or not);
     `plans` / `packs` are the entries that validated, with their position in the file. With
@@ -322,6 +374,20 @@ def cross_check(
             problems.append(
                 f"packs[{i}].usage_type: {pack.usage_type!r} is a plain counter (pools: false);"
                 " a pack credits the purchased pool, so its usage type must use pools"
+            )
+
+    problems += _duplicates("alert id", [(f"alerts[{i}].id", alert.id) for i, alert in alerts])
+    for i, alert in alerts:
+        if alert.usage_type not in known:
+            problems.append(f"alerts[{i}].usage_type: undeclared usage type {alert.usage_type!r}")
+        elif (
+            alert.when is not None
+            and (kind := usage_types.get(alert.usage_type)) is not None
+            and not kind.pools
+        ):
+            problems.append(
+                f"alerts[{i}].when: {alert.usage_type!r} is a plain counter (pools: false), whose"
+                " available never runs out on record; use at_percent"
             )
     return problems
 
@@ -497,13 +563,23 @@ def validate_catalog(data: Any, source: str = "<data>") -> Catalog:
         if (pack := _validate(Pack, raw, f"packs[{i}]", problems)) is not None
     ]
 
-    problems += cross_check(declared, usage_types, plans, packs, complete=len(plans) == len(raw_plans))
+    raw_alerts = _entries(data, "alerts", problems, required=False)
+    alerts = [
+        (i, alert)
+        for i, raw in enumerate(raw_alerts)
+        if (alert := _validate(Alert, raw, f"alerts[{i}]", problems)) is not None
+    ]
+
+    problems += cross_check(
+        declared, usage_types, plans, packs, complete=len(plans) == len(raw_plans), alerts=alerts
+    )
     if problems:
         raise CatalogError(source, problems)
     return Catalog(
         usage_types=usage_types,
         plans=tuple(plan for _, plan in plans),
         packs=tuple(pack for _, pack in packs),
+        alerts=tuple(alert for _, alert in alerts),
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection
@@ -12,6 +12,7 @@ from metering.db import ledger
 from metering.db.engine import run_in_transaction
 from metering.db.ledger import Pools
 from metering.errors import AdjustmentIdConflict, InsufficientBalance, PoolsNotSupported, check_int64
+from metering.services import alerts
 from metering.services.context import locked_standing, meter
 
 
@@ -33,7 +34,8 @@ def adjust(user_id: str, request: AdjustmentRequest, now: datetime | None = None
     now = now or datetime.now(UTC)
 
     def work(conn: Connection) -> AdjustmentOutcome:
-        pools = locked_standing(conn, m, user_id, now).pools
+        before = locked_standing(conn, m, user_id, now)
+        pools = before.pools
         claimed = ledger.claim_adjustment(
             conn,
             request.adjustment_id,
@@ -70,6 +72,7 @@ def adjust(user_id: str, request: AdjustmentRequest, now: datetime | None = None
             rollover=rollover - pools.rollover,
             purchased=purchased - pools.purchased,
         )
+        alerts.crossed(conn, m, user_id, before, replace(before, rollover=rollover, purchased=purchased), now)
         return _outcome(request, Pools(pools.used, rollover, purchased), applied=True)
 
     return run_in_transaction(work)

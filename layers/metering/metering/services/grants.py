@@ -20,6 +20,7 @@ from metering.db import ledger
 from metering.db.engine import run_in_transaction
 from metering.db.ledger import GrantRow
 from metering.errors import BadInput, GrantIdConflict, PoolsNotSupported
+from metering.services import alerts
 from metering.services.context import Standing, locked_standing, meter
 
 
@@ -114,7 +115,7 @@ def expire_due(now: datetime | None = None, *, batch: int = BATCH) -> int:
 
 
 def _expire(conn: Connection, *, due: GrantRow, now: datetime) -> int:
-    ledger.lock_pairs(conn, [(due.user_id, due.usage_type)], now)
+    states, _ = ledger.lock_pairs(conn, [(due.user_id, due.usage_type)], now)
     current = ledger.grant(conn, due.grant_id)  # read under the lock: records may have drawn since
     if current is None or current.remaining == 0:
         return 0
@@ -126,4 +127,6 @@ def _expire(conn: Connection, *, due: GrantRow, now: datetime) -> int:
         ref=due.grant_id,
         grants=((due.grant_id, -current.remaining),),
     )
+    state = states[(due.user_id, due.usage_type)]
+    alerts.after_expiry(conn, due.user_id, due.usage_type, state, current.remaining, now)  # issue 19
     return 1

@@ -48,6 +48,7 @@ from metering.errors import (
     check_int64,
 )
 from metering.observability import Metric, count, logger
+from metering.services import alerts
 from metering.services.context import Meter, meter
 
 # api.md section 7: how far ahead of the recording moment `occurred_at` may lie (clock skew)
@@ -266,6 +267,7 @@ def _apply(
         for r in rows
     }
     created: dict[tuple[str, datetime], PeriodRow] = {}
+    levels = alerts.levels(pairs)  # only of pairs whose usage type has alerts
     new: list[_New] = []
     for i, event in enumerate(events):
         pair = pairs.get((event.user_id, event.usage_type))
@@ -273,6 +275,7 @@ def _apply(
             outcomes[i] = _apply_one(conn, event, pair, known, new, derived[i], now, created)
     if new:
         _write(conn, new, now)
+        alerts.after_usage(conn, pairs, levels, now)  # the outbox: a statement only if crossed
     return outcomes
 
 

@@ -36,8 +36,8 @@ from metering.domain.ledger import rollover_after_renewal
 from metering.domain.periods import ENTITLED_STATUSES, PeriodKind, PeriodSpec
 from metering.errors import INT64_MAX
 from metering.observability import Metric, count, logger
-from metering.services import grants
-from metering.services.context import locked_standing, meter
+from metering.services import alerts, grants
+from metering.services.context import Meter, Standing, locked_standing, meter, standing
 from metering.stripe_sync.objects import (
     CHECKOUT_ASYNC_SUCCEEDED,
     CHECKOUT_COMPLETED,
@@ -172,6 +172,7 @@ class _Sync:
         if user is None:
             return self.keep(event, sub.id, sub.customer)
         account = stripe_mirror.lock_account(self.conn, user)
+        watched = self.alert_standings(user)
         plan = self.plan_for_price(sub.price_id, event)
         status = sub.status(deleted=event.type == SUBSCRIPTION_DELETED)
 
@@ -199,7 +200,32 @@ class _Sync:
 
         if is_current and status in ENTITLED_STATUSES and plan is not None and sub.period is not None:
             self.period_fact(user, sub.period, plan, sub.id, confirmed=True, newest=fresh)
+        self.raise_alerts(user, watched)
         return OK if fresh else STALE
+
+    # --- alerts: a change of plan, period or rollover may cross one ---------------------------------
+
+    def _meter(self, usage_type: str) -> Meter:
+        return Meter(self.catalog.usage_types[usage_type], self.catalog, self.billing_enabled)
+
+    def alert_standings(self, user: str) -> dict[str, Standing]:
+        """Where the user's usage types that have alerts stand now (locked, after the account:
+        the order every Stripe event takes its locks in); {} when no usage type has alerts."""
+        kinds = [kind for kind in self.catalog.usage_types if self.catalog.alerts_for(kind)]
+        if not kinds or not self.billing_enabled:
+            return {}
+        now = _now()
+        states, _ = ledger.lock_pairs(self.conn, [(user, kind) for kind in kinds], now)
+        return {kind: standing(self._meter(kind), states[(user, kind)], now) for kind in kinds}
+
+    def raise_alerts(self, user: str, before: dict[str, Standing]) -> None:
+        """The alerts this event's changes made the user cross (`alerts.crossed`), in the period
+        containing now."""
+        if not before:
+            return
+        after = self.alert_standings(user)
+        for kind, was in before.items():
+            alerts.crossed(self.conn, self._meter(kind), user, was, after[kind], _now())
 
     # --- periods ------------------------------------------------------------------------------------
 
@@ -274,6 +300,19 @@ class _Sync:
         if user is None:
             return self.keep(event, invoice.subscription_id, invoice.customer)
         account = stripe_mirror.lock_account(self.conn, user)
+        watched = self.alert_standings(user)
+        outcome = self.paid(invoice, user, account, mirror, event)
+        self.raise_alerts(user, watched)
+        return outcome
+
+    def paid(
+        self,
+        invoice: Invoice,
+        user: str,
+        account: dict[str, Any],
+        mirror: dict[str, Any] | None,
+        event: StripeEvent,
+    ) -> str:
         rules.mark_paid(account, invoice.paid_at or _moment(event.created))
         line = invoice.subscription_line
         line_plan = self.plan_for_price(line.price_id, event) if line else None

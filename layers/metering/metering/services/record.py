@@ -7,10 +7,8 @@ import decimal
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from uuid import UUID
-
-from sqlalchemy import Connection, exc
 
 from metering import reservations
 from metering.api.models import (
@@ -21,6 +19,7 @@ from metering.api.models import (
     compact_json,
     details_json,
 )
+from metering.db import exc
 from metering.db.engine import run_in_transaction, sqlstate
 from metering.db.ledger import (
     Entry,
@@ -40,6 +39,9 @@ from metering.domain.periods import governing_plan
 from metering.errors import AmountOutOfRange, EventIdConflict, InternalError, MeteringError, check_int64
 from metering.observability import Metric, count, logger
 from metering.services.context import Meter, meter, standing
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 
 @dataclass(frozen=True, slots=True)

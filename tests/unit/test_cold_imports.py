@@ -18,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# imported by the first request that needs them, never by a handler's import
+# imported by the first request that needs them (or SnapStart's before-snapshot hook), never by a
+# handler's import
 DEFERRED = ("sqlalchemy", "yaml", "pg8000", "redis", "boto3", "alembic")
 WEBHOOK_ONLY = ("stripe",)
 

@@ -90,3 +90,41 @@ def test_the_lazy_exceptions_module_hands_out_sqlalchemys_own_classes() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_the_bench_prints_each_import_beside_the_bare_interpreter(tmp_path: Path) -> None:
+    from bench import cli, coldstart
+
+    fn_dir, layer = tmp_path / "fn", tmp_path / "layer"
+    fn_dir.mkdir()
+    layer.mkdir()
+    (layer / "tiny.py").write_text("VALUE = 1\n")
+    (fn_dir / "app.py").write_text("import json\nimport tiny\n")
+    measured = coldstart._measure({"tiny": fn_dir}, layer, coldstart.runtime_dir(tmp_path), runs=2)
+
+    assert set(measured["interpreter"]) == {"python -c pass", "python -S -c pass"}
+    assert all(len(r["runs"]) == 2 and r["ms"] > 0 for r in measured["interpreter"].values())
+    tiny = measured["handlers"]["tiny"]
+    assert tiny["from_layer"] == ["tiny"] and tiny["from_runtime_fallback"] == []
+    assert len(tiny["import_ms_runs"]) == 2 and tiny["import_cpu_ms"] >= 0
+    # first use: what a handler's first request imports, timed after the import
+    assert tiny["deferred"] == list(coldstart.FIRST_USE)  # nothing of it imported by this app
+
+    cold = {
+        "method": "test",
+        "runs": 2,
+        "runs_without_pyc": 2,
+        "interpreter_baseline_maxrss_mb": 10.0,
+        "interpreter_startup": measured["interpreter"],
+        "first_use": list(coldstart.FIRST_USE),
+        "with_pyc": measured["handlers"],
+        "without_pyc": measured["handlers"],
+        "missing_handlers": [],
+        "layer": {"total_kb": 1, "total_kb_with_pyc": 1, "entries": []},
+        "targets_ms": {"tiny": 250.0},
+    }
+    text = cli.cold_start_table(cold)
+    assert "bare interpreter start-up, same rounds" in text and "python -S -c pass:" in text
+    assert any(line.strip().startswith("tiny") for line in text.splitlines())
+    figures = [r["figure"] for r in cli.build_rows({"cold_start": cold}, [])]
+    assert "start-up of a bare `python -S -c pass`" in figures and "import tiny (.pyc)" in figures

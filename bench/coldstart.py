@@ -434,3 +434,82 @@ def measure(runs: int, runs_without_pyc: int | None = None) -> dict[str, Any]:
             },
             "targets_ms": {name: TARGETS_MS.get(name, DEFAULT_TARGET_MS) for name in functions},
         }
+
+
+def compare(builds: dict[str, Path], runs: int) -> dict[str, Any]:
+    """The handlers of several `sam build` outputs (label -> --build-dir), e.g. main's and a
+    branch's, imported in the same rounds: round by round, the bare interpreter's start-ups, then
+    every handler of every build, so that a slow spell of the host falls on all of them."""
+    ids = _function_ids()
+    sets = {
+        label: (
+            d / "MeteringLayer" / "python",
+            {n: d / ids[n] for n in HANDLERS if (d / ids[n] / "app.py").exists()},
+        )
+        for label, d in builds.items()
+    }
+    with tempfile.TemporaryDirectory(prefix="metering-bench-compare-") as tmp:
+        runtime = runtime_dir(Path(tmp))
+        for layer, functions in sets.values():  # untimed: page cache
+            for fn_dir in functions.values():
+                _probe(fn_dir, layer, runtime)
+        bare: dict[str, list[float]] = {name: [] for name in BARE}
+        samples: dict[str, dict[str, list[dict[str, Any]]]] = {label: {} for label in sets}
+        for i in range(runs):
+            for name, args in BARE.items():
+                bare[name].append(_bare(args))
+            for label, (layer, functions) in sets.items():
+                for name, fn_dir in functions.items():
+                    samples[label].setdefault(name, []).append(_probe(fn_dir, layer, runtime))
+            _note(f"compare: round {i + 1} of {runs}")
+    out: dict[str, Any] = {
+        "runs": runs,
+        "loadavg": list(os.getloadavg()),
+        "interpreter": {
+            n: {"ms": statistics.median(x), "min_ms": min(x), "runs": x} for n, x in bare.items()
+        },
+    }
+    for label, handlers in samples.items():
+        out[label] = {}
+        for name, probes in handlers.items():
+            ok = [p for p in probes if "error" not in p]
+            if len(ok) < len(probes):
+                out[label][name] = {"error": next(p["error"] for p in probes if "error" in p)}
+                continue
+            out[label][name] = {
+                key: {"median": statistics.median(p[key] for p in ok), "min": min(p[key] for p in ok)}
+                for key in ("import_ms", "import_cpu_ms", "first_use_ms", "maxrss_mb")
+            } | {"import_ms_runs": [round(p["import_ms"], 1) for p in ok]}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.coldstart LABEL=BUILD_DIR ... [--runs N]`: `compare`, printed and written
+    to bench/results/coldstart-compare.json."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.coldstart", description=compare.__doc__)
+    parser.add_argument("builds", nargs="+", help="label=path of a `sam build --build-dir`")
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "coldstart-compare.json")
+    args = parser.parse_args(argv)
+    builds = {b.split("=", 1)[0]: Path(b.split("=", 1)[1]) for b in args.builds}
+    result = compare(builds, args.runs)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for name, r in result["interpreter"].items():
+        print(f"{name:<34} median {r['ms']:6.1f} ms  min {r['min_ms']:6.1f}")
+    for label in builds:
+        for name, r in result[label].items():
+            if "error" in r:
+                print(f"{label + ' ' + name:<34} {r['error']}")
+                continue
+            print(
+                f"{label + ' ' + name:<34} import median {r['import_ms']['median']:6.1f} ms  "
+                f"min {r['import_ms']['min']:6.1f}  CPU {r['import_cpu_ms']['median']:6.1f}  "
+                f"first use {r['first_use_ms']['median']:6.1f}  RSS {r['maxrss_mb']['median']:4.0f} MB"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

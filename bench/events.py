@@ -1,7 +1,5 @@
-"""Lambda events as API Gateway (HTTP API, payload 2.0) and SQS deliver them.
-
-The builders themselves are `metering.devtools.events` (shared with the tests); this module holds
-the bench's workload.
+"""The bench's workload: the events it sends, built by the project's one builder of API Gateway
+(HTTP API 2.0) and SQS events, `metering_dev.events` (re-exported here), as the tests build theirs.
 """
 
 from __future__ import annotations
@@ -9,8 +7,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from metering.devtools.events import http_event as http_event  # re-exported for the bench
-from metering.devtools.events import sqs_event as sqs_event
+from metering_dev.events import http_event as http_event
+from metering_dev.events import sqs_event as sqs_event
 
 # Events recorded by the bench: a text-to-speech usage event as a product would send it (the test
 # catalog groups premium_voice by voice and model and sums duration_ms: the full lifetime-stats path).

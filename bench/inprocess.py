@@ -15,7 +15,7 @@ CHECK_USERS = [f"check-{i:03d}" for i in range(100)]
 
 
 def _call(handler: Any, event: dict[str, Any], name: str) -> dict[str, Any]:
-    from metering.devtools.context import make_context
+    from metering_dev.context import make_context
 
     return handler(event, make_context(name))
 
@@ -40,7 +40,7 @@ def seed(users: list[str], usage_bodies_per_user: int = 1, check: bool = False) 
 def check_latency(calls: int, warmup: int, reservation: bool) -> dict[str, float]:
     """Warm check calls over CHECK_USERS round-robin; p50/p99 of the handler call (perf_counter_ns)."""
     check = handlers.handler("check")
-    from metering.devtools.context import make_context
+    from metering_dev.context import make_context
 
     run = uuid.uuid4().hex[:8]
 
@@ -71,7 +71,7 @@ def check_latency(calls: int, warmup: int, reservation: bool) -> dict[str, float
 def record_latency(calls: int, warmup: int, users: list[str]) -> dict[str, float]:
     """Single-event records from one process, users round-robin (informational)."""
     record = handlers.handler("record")
-    from metering.devtools.context import make_context
+    from metering_dev.context import make_context
 
     run = uuid.uuid4().hex[:8]
     with handlers.quiet():

@@ -119,6 +119,7 @@ class Delta:
     # (label, pg round trips, ms from execute to result, client CPU ms within it)
     statements: list[tuple[str, int, float, float]]
     sql: list[str]  # the text of every statement sent through the service's driver, in order
+    pg_flushes: int = 0  # sends of PostgreSQL messages (a round trip is a send answered)
 
     def counts(self) -> dict[str, int]:
         return {"db": self.pg, "redis": self.redis}
@@ -127,10 +128,12 @@ class Delta:
 @contextlib.contextmanager
 def measure(engine=None) -> Iterator[Delta]:  # type: ignore[no-untyped-def]
     """Round trips made inside the block; with `engine`, also each SQL statement and its trips.
-    (Tests use it too: `tests/integration/test_round_trips.py`.)"""
+    The one counter of the project: the tests count with it too (tests/integration/test_round_trips.py,
+    test_wire.py, ...)."""
     counter = install()
     delta = Delta(0, 0, [], [])
     pg0, redis0 = counter.snapshot()
+    flushes0 = counter.pg_flushes
     real_exchange = None
     if engine is not None:
         from metering.db import wire as driver
@@ -155,6 +158,7 @@ def measure(engine=None) -> Iterator[Delta]:  # type: ignore[no-untyped-def]
     finally:
         delta.pg = counter.pg - pg0
         delta.redis = counter.redis - redis0
+        delta.pg_flushes = counter.pg_flushes - flushes0
         if real_exchange is not None:
             driver.PipelinedConnection.exchange = real_exchange  # type: ignore[method-assign]
 

@@ -1,4 +1,5 @@
-"""RecordFunction (POST /v1/usage, /v1/usage/batch, /v1/users/{user_id}/adjustments) and
+"""RecordFunction (POST /v1/usage, /v1/usage/batch, /v1/users/{user_id}/adjustments and
+/v1/users/{user_id}/grants) and
 RecordQueueFunction (the SQS usage queue): same code, two handlers."""
 
 from typing import Annotated, Any
@@ -14,12 +15,14 @@ from metering.api.models import (
     AdjustmentResponse,
     BatchRequest,
     BatchResponse,
+    GrantRequest,
+    GrantResponse,
     UsageRequest,
     UsageResponse,
 )
 from metering.ingest import batch_results, process_queue_batch
 from metering.observability import logger, metrics
-from metering.services import adjustments, record
+from metering.services import adjustments, grants, record
 
 app = make_resolver()
 
@@ -50,6 +53,18 @@ def adjust(
     user_id: Annotated[str, USER_ID_PATH], adjustment: Annotated[AdjustmentRequest, Body()]
 ) -> Response[AdjustmentResponse]:
     outcome = adjustments.adjust(user_id, adjustment)
+    return created_or_replayed(outcome.response, applied=outcome.applied)
+
+
+@app.post(
+    "/v1/users/<user_id>/grants",
+    summary="Grant credit that expires (idempotent on grant_id)",
+    responses={201: {"description": "granted"}, 200: {"description": "duplicate"}, **ERROR_RESPONSES},
+)
+def grant(
+    user_id: Annotated[str, USER_ID_PATH], request: Annotated[GrantRequest, Body()]
+) -> Response[GrantResponse]:
+    outcome = grants.grant(user_id, request)
     return created_or_replayed(outcome.response, applied=outcome.applied)
 
 

@@ -1,4 +1,4 @@
-"""SummaryFunction: summary, breakdown and stats of a user (api.md section 5).
+"""SummaryFunction: summary, breakdown, stats and ledger history of a user (api.md sections 5, 7).
 
 `/v1/users/{user_id}/...` are service routes (AWS_IAM); `/v1/me/...` act for the JWT `sub` that API
 Gateway's authorizer verified (401 `unauthorized` without one). Locally, `make dev` turns an
@@ -12,10 +12,10 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from metering.api.http import USER_ID_PATH, jwt_subject, make_resolver
-from metering.api.models import ErrorBody
+from metering.api.models import ErrorBody, LedgerResponse
 from metering.api.read_models import BreakdownResponse, StatsResponse, SummaryResponse
 from metering.observability import logger, metrics
-from metering.services import reads
+from metering.services import ledger_history, reads
 
 app = make_resolver()
 
@@ -57,10 +57,20 @@ ToQuery = Annotated[
     ),
 ]
 
+LimitQuery = Annotated[str | None, Query(max_length=20, description="entries per page, 1..500 (default 100)")]
+CursorQuery = Annotated[
+    str | None, Query(max_length=4096, description="next_cursor of the previous page (opaque)")
+]
+LEDGER_ERRORS = {
+    400: _error("validation_error naming `limit` or `cursor`; unknown_usage_type"),
+    **SERVICE_ERRORS,
+}
+
 OK = {200: {"description": "OK"}}
 SUMMARY = "Plan, subscription, current period and availability per usage type"
 BREAKDOWN = "Usage in a window grouped as the catalog declares, largest first"
 STATS = "Lifetime totals per usage type and group (maintained aggregates)"
+LEDGER = "Ledger history: every journal entry, newest first, with the balance after it"
 
 
 @app.get("/v1/users/<user_id>/summary", summary=SUMMARY, responses={**OK, **USER_ERRORS})
@@ -106,6 +116,24 @@ def user_stats(user_id: Annotated[str, USER_ID_PATH]) -> StatsResponse:
 @app.get("/v1/me/stats", summary=STATS + " (the caller)", responses={**OK, **ME_ERRORS})
 def my_stats() -> StatsResponse:
     return reads.stats(jwt_subject(app.current_event))
+
+
+@app.get("/v1/users/<user_id>/ledger", summary=LEDGER, responses={**OK, **LEDGER_ERRORS, **USER_ERRORS})
+def user_ledger(
+    user_id: Annotated[str, USER_ID_PATH],
+    usage_type: UsageTypeQuery = None,
+    limit: LimitQuery = None,
+    cursor: CursorQuery = None,
+) -> LedgerResponse:
+    return ledger_history.ledger(user_id, usage_type=usage_type, limit=limit, cursor=cursor)
+
+
+@app.get("/v1/me/ledger", summary=LEDGER + " (the caller)", responses={**OK, **LEDGER_ERRORS, **ME_ERRORS})
+def my_ledger(
+    usage_type: UsageTypeQuery = None, limit: LimitQuery = None, cursor: CursorQuery = None
+) -> LedgerResponse:
+    user_id = jwt_subject(app.current_event)
+    return ledger_history.ledger(user_id, usage_type=usage_type, limit=limit, cursor=cursor)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

@@ -22,7 +22,7 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
-from metering.devtools.template import load_template
+from metering_dev.template import load_template
 from tests.support.tools import REPO, sam_build
 
 pytestmark = [pytest.mark.infra, pytest.mark.xdist_group("infra")]

@@ -166,7 +166,7 @@ def test_the_check_catches_references_above_the_root(rel: str, text: str) -> Non
         ("README.md", "The contract is `api.md` (in the project's spec)."),
         ("tests/support/x.py", "ROOT = Path(@FILE@).resolve().parents[2]"),
         ("tests/x.py", "ROOT = Path(@FILE@).resolve().parents[1]\nTEMPLATE = ROOT / 'template.yaml'"),
-        ("layers/metering/metering/api/openapi.py", "REPO_ROOT = Path(@FILE@).resolve().parents[4]"),
+        ("tools/metering_dev/openapi.py", "REPO_ROOT = Path(@FILE@).resolve().parents[2]"),
         ("functions/check/Makefile", "include $(dir $(lastword $(MAKEFILE_LIST)))@UP@/build.mk"),
         (".ci/run", 'cd "$(dirname "$0")/@UP@"'),
         ("docs/x.md", "[readme](@UP@/README.md)"),

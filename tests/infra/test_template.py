@@ -33,7 +33,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from metering.devtools.template import load_template
+from metering_dev.template import load_template
 from tests.support.tools import REPO, make_build, ok, py312_bin, run_tool, sam_translate, tool
 
 pytestmark = [pytest.mark.infra, pytest.mark.xdist_group("infra")]
@@ -261,11 +261,15 @@ def test_alembic_ships_only_with_the_maintenance_function(built: Path) -> None:
 
 def test_dev_tools_stay_out_of_the_layer(built: Path) -> None:
     """No function needs the dev server, `metering invoke` or the OpenAPI builder (they read
-    template.yaml); the handlers import from the build without them (test below)."""
-    package = _artifact(built, LAYER) / "metering"
-    assert (package / "db" / "ledger.py").is_file()
-    assert not (package / "devtools").exists()
-    assert not (package / "api" / "openapi.py").exists()
+    template.yaml): they are the metering_dev package, which no build copies; the handlers import
+    from the build without them (test below). tests/unit/test_dev_tools_apart.py checks the same of
+    the layer's own recipe, without sam."""
+    layer = _artifact(built, LAYER)
+    assert (layer / "metering" / "db" / "ledger.py").is_file()
+    for root in [layer, *(_artifact(built, fn) for fn in ALL_FUNCTIONS)]:
+        assert not (root / "metering_dev").exists(), f"the dev tools are in {root}"
+    assert not (layer / "metering" / "devtools").exists()
+    assert not (layer / "metering" / "api" / "openapi.py").exists()
 
 
 _LAMBDA_MARKERS = {
@@ -698,9 +702,16 @@ def test_maintenance_schedule(template: dict[str, Any]) -> None:
     props = _functions(template)["MaintenanceFunction"]
     events = props.get("Events") or {}
     assert not any(ev["Type"] == "HttpApi" for ev in events.values()), "maintenance has no HTTP route"
-    schedules = [ev["Properties"] for ev in events.values() if ev["Type"] in ("Schedule", "ScheduleV2")]
-    assert len(schedules) == 1
-    assert yaml.safe_load(schedules[0]["Input"]) == {"action": "reconcile"}
+    schedules = {
+        ev["Properties"]["Schedule"]: yaml.safe_load(ev["Properties"]["Input"])
+        for ev in events.values()
+        if ev["Type"] in ("Schedule", "ScheduleV2")
+    }
+    # the daily reconciliation, and the journaling of expired grants (api.md section 7)
+    assert schedules == {
+        "cron(15 3 * * ? *)": {"action": "reconcile"},
+        "rate(5 minutes)": {"action": "expire_grants"},
+    }
     # the schedule invokes asynchronously: what still fails after Lambda's retries is kept
     dlq = props["DeadLetterQueue"]
     assert dlq == {"Type": "SQS", "TargetArn": {"Fn::GetAtt": ["MaintenanceDeadLetterQueue", "Arn"]}}
@@ -741,7 +752,8 @@ def test_snapstart_option_publishes_versions_that_everything_invokes() -> None:
         {"Ref": "RecordQueueFunctionAliaslive"}
     ]
     assert [t["Arn"] for p in of("AWS::Events::Rule") for t in p["Targets"]] == [
-        {"Ref": "MaintenanceFunctionAliaslive"}
+        {"Ref": "MaintenanceFunctionAliaslive"},
+        {"Ref": "MaintenanceFunctionAliaslive"},
     ]
 
 
@@ -826,7 +838,7 @@ def _status_and_body(result: dict[str, Any]) -> tuple[int, Any]:
 def test_every_handler_serves_requests_from_the_build(
     built: Path, runtime_dir: Path, clean: dict[str, str]
 ) -> None:
-    from metering.devtools.events import sqs_event
+    from metering_dev.events import sqs_event
     from tests.support import stripe_events as se
     from tests.support.lambda_events import http_event
     from tests.support.state import TEST_CATALOG

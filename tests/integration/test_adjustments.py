@@ -20,13 +20,14 @@ def test_grants_and_corrections_of_both_pools_are_journaled():
             "adjustment_id": "a1",
             "applied": True,
             "duplicate": False,
-            "balance": {"used": 1200, "rollover": 0, "purchased": 500},
+            "balance": {"used": 1200, "rollover": 0, "purchased": 500, "granted": 0},
         },
     )
     assert api.adjust("u1", "a2", "premium_voice", "rollover", -300)[1]["balance"] == {
         "used": 1200,
         "rollover": -300,
         "purchased": 500,
+        "granted": 0,
     }
     assert api.adjust("u1", "a3", "premium_voice", "purchased", -200)[1]["balance"]["purchased"] == 300
     rows = query("SELECT account, delta, reason, ref FROM journal WHERE reason = 'adjustment' ORDER BY ref")

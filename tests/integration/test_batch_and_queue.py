@@ -7,8 +7,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from metering.devtools.context import make_context
-from metering.devtools.events import sqs_event
+from metering_dev.context import make_context
+from metering_dev.events import sqs_event
 from tests.support import api
 from tests.support.lambda_events import handler
 from tests.support.state import assert_reconciled, execute, query, subscribe, use_test_catalog
@@ -50,11 +50,18 @@ def test_batch_outcomes_in_request_order():
     assert (
         results[0]["breakdown"]
         == results[3]["breakdown"]
-        == {"from_subscription": 4000, "from_rollover": 0, "from_purchased": 0, "overflow_to_debt": 0}
+        == {
+            "from_subscription": 4000,
+            "from_rollover": 0,
+            "from_grants": 0,
+            "from_purchased": 0,
+            "overflow_to_debt": 0,
+        }
     )
     assert results[2]["breakdown"] == {
         "from_subscription": 1000,
         "from_rollover": 0,
+        "from_grants": 0,
         "from_purchased": 0,
         "overflow_to_debt": 500,
     }

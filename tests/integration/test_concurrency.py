@@ -206,11 +206,11 @@ def test_a_batch_takes_pairs_freed_while_it_ran_before_waiting(
     passes = []
     lock_pairs = record.lock_pairs
 
-    def observed(conn, pairs, now, ids, *, skip_locked=False):
+    def observed(conn, pairs, now, ids, *, moments=(), skip_locked=False):
         released = released_before_pass.get(len(passes) + 1, ()) if skip_locked else list(holders)
         for user in released:
             holders.pop(user).rollback()
-        states, rows = lock_pairs(conn, pairs, now, ids, skip_locked=skip_locked)
+        states, rows = lock_pairs(conn, pairs, now, ids, moments=moments, skip_locked=skip_locked)
         passes.append((skip_locked, {u for u, _ in states}))
         return states, rows
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from metering.devtools.context import make_context
-from metering.devtools.template import functions, load_handler
+from metering_dev.context import make_context
+from metering_dev.template import functions, load_handler
 from tests.support import api
 from tests.support.cli import metering
 
@@ -53,6 +53,7 @@ def test_every_event_file_is_covered_by_this_module():
         "record_usage",
         "record_batch",
         "adjustment",
+        "grant",
         "usage_queue",
         "summary",
         "breakdown",
@@ -60,8 +61,11 @@ def test_every_event_file_is_covered_by_this_module():
         "me_summary",
         "me_breakdown",
         "me_stats",
+        "ledger",
+        "me_ledger",
         "maintenance_migrate",
         "maintenance_reconcile",
+        "maintenance_expire_grants",
         "stripe_webhook",
     }
     assert {p.stem for p in EVENTS.glob("*.json")} <= covered
@@ -88,9 +92,15 @@ def test_batch_adjustment_and_queue_events(clean):
     assert (logical_id, result["statusCode"]) == ("RecordFunction", 201)
     logical_id, result = invoke("usage_queue")
     assert (logical_id, result) == ("RecordQueueFunction", {"batchItemFailures": []})
+    logical_id, result = invoke("grant")
+    assert (logical_id, result["statusCode"]) == ("RecordFunction", 201)
+    assert body(result)["grant"]["remaining"] == 20000
+    assert invoke("grant")[1]["statusCode"] == 200  # idempotent on grant_id
 
 
-@pytest.mark.parametrize("name", ["summary", "breakdown", "stats", "me_summary", "me_breakdown", "me_stats"])
+@pytest.mark.parametrize(
+    "name", ["summary", "breakdown", "stats", "ledger", "me_summary", "me_breakdown", "me_stats", "me_ledger"]
+)
 def test_read_events(clean, name):
     logical_id, result = invoke(name)
     assert logical_id == "SummaryFunction"
@@ -100,6 +110,7 @@ def test_read_events(clean, name):
 def test_maintenance_events(clean):
     assert invoke("maintenance_migrate")[1]["action"] == "migrate"
     assert invoke("maintenance_reconcile")[1] == {"action": "reconcile", "clean": True, "drifts": 0}
+    assert invoke("maintenance_expire_grants")[1] == {"action": "expire_grants", "expired": 0}
 
 
 def test_invoke_command_runs_an_event_file(clean):

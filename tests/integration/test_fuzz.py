@@ -53,8 +53,8 @@ OPERATIONS = {op.label: op for op in (result.ok() for result in SCHEMA.get_all_o
 
 @pytest.fixture(scope="module")
 def base_url():
-    from metering.devtools.devserver import DevServer
-    from metering.devtools.template import functions
+    from metering_dev.devserver import DevServer
+    from metering_dev.template import functions
 
     server = DevServer(("127.0.0.1", 0), functions(ROOT / "template.yaml"), DOC)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

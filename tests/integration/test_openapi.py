@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from metering.api.openapi import CONTRACT_ERRORS, build_document, handler_file, http_functions, render
-from metering.devtools.template import AUTH_IAM, AUTH_JWT, AUTH_NONE
+from metering_dev.openapi import CONTRACT_ERRORS, build_document, handler_file, http_functions, render
+from metering_dev.template import AUTH_IAM, AUTH_JWT, AUTH_NONE
 from tests.support.cli import metering
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,8 +121,8 @@ def test_cli_prints_the_document():
 
 
 def test_dev_server_serves_the_document():
-    from metering.devtools.devserver import DevServer
-    from metering.devtools.template import functions
+    from metering_dev.devserver import DevServer
+    from metering_dev.template import functions
 
     server = DevServer(("127.0.0.1", 0), functions(TEMPLATE), DOC)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -22,7 +22,8 @@ def grant(user, usage_type, pool, delta, ref):
 
 def test_worked_example_through_the_api():
     # Given limit 5,000 (basic), used 4,900, rollover 50, purchased 100
-    subscribe("u1", "basic")
+    start = datetime.now(UTC) - timedelta(days=10)
+    subscribe("u1", "basic", start=start)
     assert api.record("warmup", "u1", "premium_voice", 4900)[0] == 201
     grant("u1", "premium_voice", "rollover", 50, "adj-r")
     grant("u1", "premium_voice", "purchased", 100, "adj-p")
@@ -45,10 +46,15 @@ def test_worked_example_through_the_api():
         "breakdown": {
             "from_subscription": 100,
             "from_rollover": 50,
+            "from_grants": 0,
             "from_purchased": 100,
             "overflow_to_debt": 50,
         },
-        "balance": {"used": 5000, "rollover": -50, "purchased": 0},
+        "balance": {"used": 5000, "rollover": -50, "purchased": 0, "granted": 0},
+        "period": {  # the period that paid: the subscription's current one
+            "start": start.isoformat().replace("+00:00", "Z"),
+            "end": (start + timedelta(days=30)).isoformat().replace("+00:00", "Z"),
+        },
     }
     assert_reconciled()
 
@@ -92,10 +98,11 @@ def test_plain_counter_records_everything_beyond_the_limit():
     assert body["breakdown"] == {
         "from_subscription": 1500,
         "from_rollover": 0,
+        "from_grants": 0,
         "from_purchased": 0,
         "overflow_to_debt": 0,
     }
-    assert body["balance"] == {"used": 1500, "rollover": 0, "purchased": 0}
+    assert body["balance"] == {"used": 1500, "rollover": 0, "purchased": 0, "granted": 0}
     assert_reconciled()
 
 
@@ -106,6 +113,7 @@ def test_free_user_gets_a_calendar_month_allowance():
     assert body["breakdown"] == {
         "from_subscription": 20,
         "from_rollover": 0,
+        "from_grants": 0,
         "from_purchased": 0,
         "overflow_to_debt": 30,
     }
@@ -122,6 +130,7 @@ def test_canceled_user_spends_purchased_credit_then_goes_into_debt():
     assert body["breakdown"] == {
         "from_subscription": 0,
         "from_rollover": 0,
+        "from_grants": 0,
         "from_purchased": 250,
         "overflow_to_debt": 0,
     }
@@ -129,10 +138,11 @@ def test_canceled_user_spends_purchased_credit_then_goes_into_debt():
     assert body["breakdown"] == {
         "from_subscription": 0,
         "from_rollover": 0,
+        "from_grants": 0,
         "from_purchased": 50,
         "overflow_to_debt": 50,
     }
-    assert body["balance"] == {"used": 0, "rollover": -50, "purchased": 0}
+    assert body["balance"] == {"used": 0, "rollover": -50, "purchased": 0, "granted": 0}
     assert_reconciled()
 
 
@@ -172,10 +182,11 @@ def test_billing_disabled_logs_usage_but_changes_no_balance(monkeypatch):
     assert body["breakdown"] == {
         "from_subscription": 0,
         "from_rollover": 0,
+        "from_grants": 0,
         "from_purchased": 0,
         "overflow_to_debt": 0,
     }
-    assert body["balance"] == {"used": 0, "rollover": 0, "purchased": 0}
+    assert body["balance"] == {"used": 0, "rollover": 0, "purchased": 0, "granted": 0}
     (stats,) = query("SELECT total, events FROM lifetime_stats WHERE user_id = 'u1'")
     assert (stats.total, stats.events) == (700, 1)
     assert_reconciled()

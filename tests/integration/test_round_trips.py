@@ -7,8 +7,8 @@ from contextlib import contextmanager
 import pytest
 
 from bench import wire
-from metering.devtools.context import make_context
-from metering.devtools.events import sqs_event
+from metering_dev.context import make_context
+from metering_dev.events import sqs_event
 from tests.support import api
 from tests.support.lambda_events import handler
 from tests.support.state import subscribe, use_test_catalog

@@ -44,17 +44,18 @@ def _routines() -> dict[str, tuple[str, list[str]]]:
 def test_the_migration_creates_every_routine_the_code_calls_with_its_planner_settings():
     called = _called()
     assert {
-        "pair_states_v1",
-        "lock_pairs_v1",
-        "usage_events_v1",
+        "pair_states_v2",
+        "lock_pairs_v2",
+        "usage_events_v2",
         "ensure_period_v1",
-        "post_usage_v1",
+        "post_usage_v2",
+        "post_entries_v2",
     } <= called
     routines = _routines()
     assert called <= set(routines), called - set(routines)
     assert all(settings == SETTINGS for _, settings in routines.values()), routines
     # the check's read is one STABLE call: everything it reads comes from one snapshot
-    assert routines["pair_states_v1"][0] == "s"
+    assert routines["pair_states_v2"][0] == "s"
     # and nothing of the earlier generated routines (metering_r_<hash>) is left
     assert query("SELECT count(*) FROM pg_proc WHERE proname LIKE 'metering\\_r\\_%'") == [(0,)]
 
@@ -77,9 +78,9 @@ def test_the_hot_paths_send_nothing_but_calls_of_the_routines():
             == 200
         )
     calls = [s for s in sent.sql if s not in ("BEGIN", "COMMIT")]
-    assert calls and all(re.fullmatch(r"SELECT (\* FROM )?metering\.\w+_v1\(.*\)", s, re.S) for s in calls), (
-        calls
-    )
+    assert calls and all(
+        re.fullmatch(r"SELECT (\* FROM )?metering\.\w+_v\d+\(.*\)", s, re.S) for s in calls
+    ), calls
 
 
 def test_a_database_whose_migration_has_not_run_fails_the_first_call_loudly(services, capsys, monkeypatch):
@@ -135,7 +136,7 @@ def test_a_database_ahead_of_this_code_is_named_not_crashed_on(services, tmp_pat
     """A newer release (or another checkout on the same server) migrated the database: `migrate`
     says so and exits 2, changing nothing; `metering dev` / `invoke` warn and serve."""
     from metering.db.migrate import SchemaAhead, add_arguments, run, upgrade_to_head
-    from metering.devtools.devserver import prepare_backends
+    from metering_dev.devserver import prepare_backends
 
     admin = create_engine(services["database_url"], isolation_level="AUTOCOMMIT")
     name = "metering_ahead_" + services["database_url"].rsplit("/", 1)[1][-20:]
@@ -185,7 +186,7 @@ def _body_statements(source: str, arguments: list[str], declared: dict[str, str]
     statements = []
     for chunk in "\n".join(lines).split(";"):
         sql = " ".join(chunk.split())
-        if not sql or sql.startswith(("GET DIAGNOSTICS", "RAISE")):
+        if not sql or sql == "RETURN" or sql.startswith(("GET DIAGNOSTICS", "RAISE")):
             continue
         sql = re.sub(r"^RETURN QUERY ", "", sql)
         sql = re.sub(r"^PERFORM ", "SELECT ", sql)
@@ -203,6 +204,7 @@ SAMPLES = {
     "bigint[]": "ARRAY[1, 2]::bigint[]",
     "uuid[]": "ARRAY[gen_random_uuid()]",
     "timestamp with time zone": "now()",
+    "timestamp with time zone[]": "ARRAY[now() - interval '40 days']",
     "text": "'u1'",
     "boolean": "true",
 }

@@ -74,6 +74,7 @@ def test_stranger_gets_the_free_plan_summary_and_nothing_is_written():
                 "used": 0,
                 "rollover": 0,
                 "purchased": 0,
+                "granted": 0,
                 "reserved": 0,
                 "available": 0,
             },
@@ -82,6 +83,7 @@ def test_stranger_gets_the_free_plan_summary_and_nothing_is_written():
                 "used": 0,
                 "rollover": 0,
                 "purchased": 0,
+                "granted": 0,
                 "reserved": 0,
                 "available": 100,
             },
@@ -90,6 +92,7 @@ def test_stranger_gets_the_free_plan_summary_and_nothing_is_written():
                 "used": 0,
                 "rollover": 0,
                 "purchased": 0,
+                "granted": 0,
                 "reserved": 0,
                 "available": 1000,
             },
@@ -131,6 +134,7 @@ def test_subscriber_every_field_as_the_check_computes_it():
             "used": 4000,
             "rollover": -100,
             "purchased": 300,
+            "granted": 0,
             "reserved": 150,
             "available": 1050,
         },
@@ -139,6 +143,7 @@ def test_subscriber_every_field_as_the_check_computes_it():
             "used": 1000,
             "rollover": 0,
             "purchased": 0,
+            "granted": 0,
             "reserved": 2000,
             "available": 97000,
         },
@@ -147,6 +152,7 @@ def test_subscriber_every_field_as_the_check_computes_it():
             "used": 77,
             "rollover": 0,
             "purchased": 0,
+            "granted": 0,
             "reserved": 0,
             "available": None,
         },
@@ -191,6 +197,7 @@ def test_canceled_subscription_falls_back_to_free_but_keeps_pools_and_the_mirror
         "used": 0,
         "rollover": 0,
         "purchased": 500,
+        "granted": 0,
         "reserved": 0,
         "available": 600,
     }
@@ -297,7 +304,7 @@ def test_one_database_round_trip():
     api.record("e1", "u1", "premium_voice", 10)
     with wire.measure(get_engine()) as sent:
         assert summary("u1")[0] == 200
-    assert sent.pg == 1 and len(sent.sql) == 1 and "metering.pair_states_v1" in sent.sql[0], sent.sql
+    assert sent.pg == 1 and len(sent.sql) == 1 and "metering.pair_states_v2" in sent.sql[0], sent.sql
 
 
 def test_me_summary_acts_for_the_jwt_subject():

@@ -6,9 +6,10 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 import pytest
-from pg8000 import converters, core
+from pg8000 import converters
 from sqlalchemy import exc
 
+from bench import wire
 from metering.db.engine import get_engine, transaction
 from metering.db.sql import Statement, fetch, queue, rows
 from tests.support.state import query
@@ -24,19 +25,6 @@ def scratch(clean):
         conn.exec_driver_sql("DROP TABLE wire_scratch")
 
 
-@pytest.fixture
-def flushes(monkeypatch):
-    counts = {"n": 0}
-    real = core._flush
-
-    def flush(sock):
-        counts["n"] += 1
-        return real(sock)
-
-    monkeypatch.setattr(core, "_flush", flush)
-    return counts
-
-
 INSERT = Statement("INSERT INTO wire_scratch (k, n) VALUES (:k, :n)")
 ROWS = Statement("SELECT k, n FROM wire_scratch ORDER BY k")
 
@@ -47,36 +35,33 @@ def test_statement_numbers_each_name_once_and_leaves_casts_alone():
     assert statement.bind({"b": "x", "a": 3}) == (statement.numbered, (3, "x"))
 
 
-def test_several_statements_in_one_round_trip_each_with_its_rows(scratch, flushes):
-    with get_engine().connect() as conn:
-        before = flushes["n"]
+def test_several_statements_in_one_round_trip_each_with_its_rows(scratch):
+    with get_engine().connect() as conn, wire.measure() as sent:
         first, second = fetch(
             conn,
             (Statement("SELECT CAST(:x AS int) AS x, CAST(:y AS text) AS y"), {"x": 1, "y": "a"}),
             (Statement("SELECT g AS n FROM generate_series(1, :m) AS g"), {"m": 3}),
         )
-        assert flushes["n"] - before == 1
+    assert (sent.pg, sent.pg_flushes) == (1, 1)
     assert [tuple(r) for r in first] == [(1, "a")] and first[0].y == "a"
     assert [r.n for r in second] == [1, 2, 3]
 
 
-def test_a_transaction_sends_begin_with_its_first_statement_and_writes_with_commit(scratch, flushes):
-    before = flushes["n"]
-    with transaction() as conn:
+def test_a_transaction_sends_begin_with_its_first_statement_and_writes_with_commit(scratch):
+    with wire.measure() as sent, transaction() as conn:
         assert rows(conn, ROWS, {}) == []  # round trip 1: BEGIN + this read
         queue(conn, INSERT, {"k": "a", "n": 1})
         queue(conn, INSERT, {"k": "b", "n": 2})
-    assert flushes["n"] - before == 2  # round trip 2: both writes + COMMIT
+    assert sent.pg == 2  # round trip 2: both writes + COMMIT
     assert query("SELECT k, n FROM wire_scratch ORDER BY k") == [("a", 1), ("b", 2)]
 
 
-def test_a_transaction_that_did_nothing_costs_nothing(scratch, flushes):
+def test_a_transaction_that_did_nothing_costs_nothing(scratch):
     with get_engine().connect():  # a pooled connection exists already
         pass
-    before = flushes["n"]
-    with transaction():
+    with wire.measure() as sent, transaction():
         pass
-    assert flushes["n"] == before
+    assert (sent.pg, sent.pg_flushes) == (0, 0)
 
 
 def test_a_failing_queued_write_skips_commit_and_leaves_nothing(scratch):
@@ -174,7 +159,7 @@ def test_scalar_parameters_arrive_exactly(clean):
     assert row._asdict() == values
 
 
-def test_answers_larger_than_the_read_buffer_arrive_whole(clean, flushes):
+def test_answers_larger_than_the_read_buffer_arrive_whole(clean):
     """Answers are cut out of the socket's read buffer; a message that is not buffered whole (a
     100 kB value) and answers spread over many reads (thousands of rows) must arrive exactly, and
     the statements after them still get their own rows."""
@@ -182,11 +167,11 @@ def test_answers_larger_than_the_read_buffer_arrive_whole(clean, flushes):
     many = Statement("SELECT g AS n, repeat('x', g % 50) AS pad FROM generate_series(1, :m) AS g")
     small = Statement("SELECT CAST(:x AS int) AS x")
     with get_engine().connect() as conn:
-        before = flushes["n"]
-        first, spread, last = fetch(
-            conn, (big, {"c": "ab", "n": 50_000}), (many, {"m": 5000}), (small, {"x": 3})
-        )
-        assert flushes["n"] - before == 1
+        with wire.measure() as sent:
+            first, spread, last = fetch(
+                conn, (big, {"c": "ab", "n": 50_000}), (many, {"m": 5000}), (small, {"x": 3})
+            )
+        assert (sent.pg, sent.pg_flushes) == (1, 1)
         assert [(small_row.x) for small_row in rows(conn, small, {"x": 4})] == [4]
     assert first[0].v == "ab" * 50_000
     assert [(r.n, r.pad) for r in spread] == [(g, "x" * (g % 50)) for g in range(1, 5001)]

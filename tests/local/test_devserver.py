@@ -22,7 +22,7 @@ import pytest
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventV2Model
 
-from metering.devtools.embedded import redact
+from metering_dev.embedded import redact
 
 # top-level and requestContext keys of Powertools' apiGatewayProxyV2Event.json (a real API Gateway
 # event), less the mTLS `authentication` block

@@ -14,7 +14,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from metering.devtools import embedded
+from metering_dev import embedded
 from tests.support.private_servers import PrivatePostgres, PrivateRedis
 
 
@@ -171,7 +171,7 @@ from pathlib import Path
 import redis
 import sqlalchemy as sa
 
-from metering.devtools import devserver, embedded
+from metering_dev import devserver, embedded
 
 signal.signal(signal.SIGTERM, devserver._raise_exit)  # what `metering dev` installs
 state = Path(sys.argv[1])

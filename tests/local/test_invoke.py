@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from metering.devtools import template as tpl
-from metering.devtools.context import FakeLambdaContext, make_context
+from metering_dev import template as tpl
+from metering_dev.context import FakeLambdaContext, make_context
 
 
 def invoke(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -76,6 +76,18 @@ def test_make_dev_serves_every_function_of_the_template(clean, tmp_path):
         assert status == 200 and body["user_id"] == "u1"
         status, body = request(port, "GET", "/v1/me/summary")
         assert status == 401 and body["error"]["code"] == "unauthorized"
+        grant = {
+            "grant_id": "dev-g1",
+            "usage_type": "premium_voice",
+            "amount": 500,
+            "expires_at": "2036-01-01T00:00:00Z",
+            "reason": "promotion",
+        }
+        status, body = request(port, "POST", "/v1/users/u1/grants", grant)
+        assert status == 201 and body["balance"]["granted"] == 500, body
+        status, body = request(port, "GET", "/v1/me/ledger?limit=1", headers={"X-Metering-User": "u1"})
+        assert status == 200 and [(e["pool"], e["delta"]) for e in body["entries"]] == [("grant", 500)]
+        assert body["next_cursor"] is not None  # the usage entry is on the next page
         status, body = request(port, "POST", "/v1/stripe/webhook", {"id": "evt_1"})  # no secret configured
         assert (status, body["error"]["code"]) == (503, "not_configured")
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import calendar
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,7 @@ class PackSpec:
     id: str
     usage_type: str
     amount: int
+    expires_in_days: int | None = None  # credited as a grant (api.md section 7)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,10 @@ class CatalogSpec:
             )
             for p in data["plans"]
         }
-        packs = {p["id"]: PackSpec(p["id"], p["usage_type"], int(p["amount"])) for p in data.get("packs", [])}
+        packs = {
+            p["id"]: PackSpec(p["id"], p["usage_type"], int(p["amount"]), p.get("expires_in_days"))
+            for p in data.get("packs", [])
+        }
         return cls(usage_types, plans, packs)
 
     @property
@@ -125,21 +129,42 @@ class CatalogSpec:
 
 
 def waterfall(
-    amount: int, *, limit: int | None, used: int, rollover: int, purchased: int, pools: bool
+    amount: int,
+    *,
+    limit: int | None,
+    used: int,
+    rollover: int,
+    purchased: int,
+    pools: bool,
+    grants: list[Grant] | None = None,
 ) -> dict[str, int]:
-    """Allowance first (only while the period has some left), then positive rollover, then
+    """Allowance first (only while the period has some left), then positive rollover, then live
+    grants (soonest expiry first; `grants` given in that order, drawn from in place), then
     purchased credit, the rest as debt. A plain counter takes it all from the allowance."""
     if not pools:
-        return {"from_subscription": amount, "from_rollover": 0, "from_purchased": 0, "overflow_to_debt": 0}
+        return {
+            "from_subscription": amount,
+            "from_rollover": 0,
+            "from_grants": 0,
+            "from_purchased": 0,
+            "overflow_to_debt": 0,
+        }
     allowance = amount if limit is None else min(amount, max(0, limit - used))
     left = amount - allowance
     from_rollover = min(left, rollover) if rollover > 0 else 0
     left -= from_rollover
+    from_grants = 0
+    for g in grants or []:
+        take = min(left, g.remaining)
+        g.remaining -= take
+        from_grants += take
+        left -= take
     from_purchased = min(left, purchased)
     left -= from_purchased
     return {
         "from_subscription": allowance,
         "from_rollover": from_rollover,
+        "from_grants": from_grants,
         "from_purchased": from_purchased,
         "overflow_to_debt": left,
     }
@@ -220,6 +245,15 @@ class Renewal:
 
 
 @dataclass
+class Grant:
+    usage_type: str
+    amount: int
+    remaining: int
+    expires_at: datetime
+    reason: str
+
+
+@dataclass
 class User:
     rollover: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     purchased: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -231,6 +265,7 @@ class User:
     snapshot_order: Order = (0, 0, "")  # of the newest snapshot applied
     period_ends: dict[int, int] = field(default_factory=dict)  # every period start named -> its end
     renewals: dict[str, Renewal] = field(default_factory=dict)
+    grants: dict[str, Grant] = field(default_factory=dict)
 
 
 class Model:
@@ -238,6 +273,7 @@ class Model:
         self.catalog = catalog
         self.users: dict[str, User] = defaultdict(User)
         self.events: dict[str, tuple[str, str, int, dict[str, int]]] = {}  # event_id -> payload, split
+        self.occurred: dict[str, datetime | None] = {}  # event_id -> occurred_at as given
         self.adjustments: dict[str, tuple[str, str, str, int]] = {}
         self.stripe_applied: set[str] = set()
         self.topups: set[str] = set()
@@ -272,6 +308,11 @@ class Model:
             and self.mirror_plan(user) is not None
             and self.current_start(user) is not None
         )
+
+    def period_start(self, user: str, now: datetime) -> datetime:
+        """Where the period containing now begins."""
+        key = self.period_key(user)
+        return datetime.fromtimestamp(calendar_month_start(now) if key == CALENDAR else int(key), UTC)
 
     def period_key(self, user: str) -> int | str:
         """The period containing now: the subscription's current one, else the calendar month."""
@@ -308,17 +349,19 @@ class Model:
         limit = self.catalog.limit(plan, usage_type)
         used = period.used[usage_type] if period is not None else 0
         rollover, purchased = (u.rollover[usage_type], u.purchased[usage_type]) if kind.pools else (0, 0)
+        granted = sum(g.remaining for _, g in self.live_grants(user, usage_type)) if kind.pools else 0
         reserved = sum(a for rid, (t, a) in u.holds.items() if t == usage_type and rid != exclude)
         if limit is None:
             available = None
         else:
-            total = max(0, limit - used) + (rollover + purchased if kind.pools else 0)
+            total = max(0, limit - used) + (rollover + granted + purchased if kind.pools else 0)
             available = max(0, total - reserved)
         return {
             "limit": limit,
             "used": used,
             "rollover": rollover,
             "purchased": purchased,
+            "granted": granted,
             "reserved": reserved,
             "available": available,
         }
@@ -346,12 +389,21 @@ class Model:
     # --- record ----------------------------------------------------------------------------------------
 
     def record(
-        self, event_id: str, user: str, usage_type: str, amount: int, reservation: str | None
+        self,
+        event_id: str,
+        user: str,
+        usage_type: str,
+        amount: int,
+        reservation: str | None,
+        occurred_at: datetime | None = None,
     ) -> tuple[int, dict[str, Any]]:
-        """(status, expected body: breakdown and, when applied, balance; or the error code)."""
+        """(status, expected body: breakdown and, when applied, balance; or the error code).
+        `occurred_at` lies in the current period (the test keeps it there): the same period pays,
+        and it is part of the payload a duplicate is compared on (api.md section 7)."""
         if event_id in self.events:
             first_user, first_type, first_amount, split = self.events[event_id]
-            if (first_user, first_type, first_amount) != (user, usage_type, amount):
+            first = (first_user, first_type, first_amount, self.occurred.get(event_id))
+            if first != (user, usage_type, amount, occurred_at):
                 return 409, {"code": "event_id_conflict"}
             self._settle(user, reservation)
             return 200, {"recorded": False, "duplicate": True, "breakdown": split}
@@ -366,19 +418,71 @@ class Model:
             rollover=u.rollover[usage_type],
             purchased=u.purchased[usage_type],
             pools=kind.pools,
+            grants=[g for _, g in self.live_grants(user, usage_type)],
         )
         self.seen.update(f"waterfall {part}" for part, value in split.items() if value and kind.pools)
         period.used[usage_type] += split["from_subscription"]
         u.rollover[usage_type] -= split["from_rollover"] + split["overflow_to_debt"]
         u.purchased[usage_type] -= split["from_purchased"]
         self.events[event_id] = (user, usage_type, amount, split)
+        self.occurred[event_id] = occurred_at
         self._settle(user, reservation)
         balance = {
             "used": period.used[usage_type],
             "rollover": u.rollover[usage_type] if kind.pools else 0,
             "purchased": u.purchased[usage_type] if kind.pools else 0,
+            "granted": self.availability(user, usage_type)["granted"],
         }
         return 201, {"recorded": True, "duplicate": False, "breakdown": split, "balance": balance}
+
+    # --- grants (api.md section 7) ----------------------------------------------------------------
+
+    def live_grants(self, user: str, usage_type: str) -> list[tuple[str, Grant]]:
+        """Grants of the pair with credit left whose expiry lies ahead, soonest expiry first."""
+        now = datetime.now(UTC)
+        found = [
+            (gid, g)
+            for gid, g in self.users[user].grants.items()
+            if g.usage_type == usage_type and g.remaining > 0 and g.expires_at > now
+        ]
+        return sorted(found, key=lambda item: (item[1].expires_at, item[0]))
+
+    def grant_owner(self, grant_id: str) -> tuple[str, Grant] | None:
+        for user, u in self.users.items():
+            if grant_id in u.grants:
+                return user, u.grants[grant_id]
+        return None
+
+    def grant(
+        self, grant_id: str, user: str, usage_type: str, amount: int, expires_at: datetime, reason: str
+    ) -> tuple[int, dict[str, Any]]:
+        """(status, expected body, or the error code) of POST /v1/users/{user}/grants."""
+        if not self.catalog.usage_types[usage_type].pools:
+            return 400, {"code": "pools_not_supported"}
+        known = self.grant_owner(grant_id)
+        if known is not None:
+            owner, g = known
+            if (owner, g.usage_type, g.amount, g.expires_at, g.reason) != (
+                user,
+                usage_type,
+                amount,
+                expires_at,
+                reason,
+            ):
+                return 409, {"code": "grant_id_conflict"}
+            live = g.remaining if g.expires_at > datetime.now(UTC) else 0
+            return 200, self._grant_body(grant_id, g, live, user)
+        if expires_at <= datetime.now(UTC):
+            return 400, {"code": "validation_error"}
+        g = self.users[user].grants[grant_id] = Grant(usage_type, amount, amount, expires_at, reason)
+        return 201, self._grant_body(grant_id, g, amount, user)
+
+    def _grant_body(self, grant_id: str, g: Grant, remaining: int, user: str) -> dict[str, Any]:
+        numbers = self.availability(user, g.usage_type)
+        return {
+            "grant": {"id": grant_id, "usage_type": g.usage_type, "amount": g.amount, "remaining": remaining},
+            "balance": {k: numbers[k] for k in ("used", "rollover", "purchased", "granted")},
+        }
 
     def _settle(self, user: str, reservation: str | None) -> None:
         """metering.md Record 5: a record naming a reservation releases it (whatever its usage type)."""
@@ -515,7 +619,14 @@ class Model:
             return "ok"
         self.topups.add(fact.session_id)
         pack = self.catalog.packs[fact.pack]
-        self.users[fact.user].purchased[pack.usage_type] += pack.amount * fact.quantity
+        if pack.expires_in_days is not None:  # a grant, expiring that many days after the purchase
+            expires = datetime.fromtimestamp(fact.created, UTC) + timedelta(days=pack.expires_in_days)
+            amount = pack.amount * fact.quantity
+            self.users[fact.user].grants[f"topup:{fact.session_id}"] = Grant(
+                pack.usage_type, amount, amount, expires, pack.id
+            )
+        else:
+            self.users[fact.user].purchased[pack.usage_type] += pack.amount * fact.quantity
         self.current_period(fact.user, create=True)
         return "ok"
 

@@ -11,6 +11,12 @@ plain counter; limits small enough that every branch of the waterfall is reached
   it names), exact duplicates (200 with the ORIGINAL breakdown) and conflicting payloads (409);
 - adjustments of purchased and rollover, repeated ids (duplicate / conflict), purchased below 0
   (409 insufficient_balance, the id stays free), a plain counter (400);
+- records with `occurred_at` (late events inside the current period; a replay with another
+  `occurred_at` is a conflict);
+- grants (api.md section 7): new ones, replays (duplicate), reused ids (409), plain counters (400),
+  spent soonest-expiry-first in the waterfall, and their expiry (the instant moved into the past in
+  the database, as time would), sometimes journaled at once by the maintenance job; expiring packs
+  credited as grants;
 - releases (204 when live, 404 otherwise) and reservation expiry (the hold's deadline is moved into
   the past in Redis, as time would);
 - Stripe: subscription created / updated (basic <-> plus, active / past_due) / deleted or canceled,
@@ -49,7 +55,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -60,7 +66,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from tests.model.model import PAID, SNAPSHOTS, CatalogSpec, Model, StripeFact
 from tests.support import api
 from tests.support import stripe_events as se
-from tests.support.state import TEST_CATALOG, use_test_catalog
+from tests.support.state import TEST_CATALOG, iso, use_test_catalog
 
 USERS = ("u1", "u2")
 # premium_voice twice as often as the others
@@ -293,28 +299,57 @@ class LedgerMachine(RuleBasedStateMachine):
         self.event_ids.append(event_id)
         self._record(event_id, user, usage_type, amount, hold)
 
+    @rule(
+        user=st.sampled_from(USERS),
+        usage_type=st.sampled_from(USAGE_TYPES),
+        amount=st.integers(1, 8000),
+        seconds_ago=st.sampled_from([0, 30, 3600]),
+    )
+    def record_late(self, user: str, usage_type: str, amount: int, seconds_ago: int) -> None:
+        """A record with `occurred_at` (a late event of the current period: the same period pays)."""
+        now = datetime.now(UTC)
+        moment = (now - timedelta(seconds=seconds_ago)).replace(microsecond=0)
+        if moment < self.model.period_start(user, now):
+            moment = now.replace(microsecond=0)
+        event_id = self.next_id("ev-")
+        self.event_ids.append(event_id)
+        self._record(event_id, user, usage_type, amount, None, moment)
+
     @precondition(lambda self: self.event_ids)
     @rule(
         i=st.integers(0, 1000),
-        change=st.sampled_from(["same", "same", "amount", "usage_type", "user"]),
+        change=st.sampled_from(["same", "same", "amount", "usage_type", "user", "occurred_at"]),
         hold=st.none() | st.sampled_from(HOLDS),
     )
     def record_again(self, i: int, change: str, hold: str | None) -> None:
         """Redeliver an earlier event id: the same payload (a duplicate) or a different one (a conflict)."""
         event_id = self.event_ids[i % len(self.event_ids)]
         user, usage_type, amount, _ = self.model.events[event_id]
+        occurred_at = self.model.occurred.get(event_id)
+        if change == "occurred_at":  # given where it was not, or another instant
+            occurred_at = (occurred_at or datetime.now(UTC).replace(microsecond=0)) - timedelta(seconds=1)
         if change == "amount":
             amount += 1
         elif change == "usage_type":
             usage_type = next(t for t in USAGE_TYPES if t != usage_type)
         elif change == "user":
             user = next(u for u in USERS if u != user)
-        self._record(event_id, user, usage_type, amount, hold)
+        self._record(event_id, user, usage_type, amount, hold, occurred_at)
 
-    def _record(self, event_id: str, user: str, usage_type: str, amount: int, hold: str | None) -> None:
-        fields = {} if hold is None else {"reservation_id": hold}
+    def _record(
+        self,
+        event_id: str,
+        user: str,
+        usage_type: str,
+        amount: int,
+        hold: str | None,
+        occurred_at: datetime | None = None,
+    ) -> None:
+        fields: dict[str, str] = {} if hold is None else {"reservation_id": hold}
+        if occurred_at is not None:
+            fields["occurred_at"] = iso(occurred_at)
         status, body = api.record(event_id, user, usage_type, amount, **fields)
-        expected_status, expected = self.model.record(event_id, user, usage_type, amount, hold)
+        expected_status, expected = self.model.record(event_id, user, usage_type, amount, hold, occurred_at)
         assert status == expected_status, (event_id, status, body, expected)
         STATS[f"record {status}"] += 1
         if status == 409:
@@ -355,6 +390,64 @@ class LedgerMachine(RuleBasedStateMachine):
             assert body["error"]["code"] == code
         elif adjustment_id not in self.adjustment_ids:
             self.adjustment_ids.append(adjustment_id)
+
+    # --- grants (api.md section 7): credit that expires ----------------------------------------------
+
+    @rule(
+        user=st.sampled_from(USERS),
+        usage_type=st.sampled_from(("premium_voice", "premium_voice", "ocr_tokens", "server_kokoro")),
+        amount=st.integers(1, 4000),
+        days=st.integers(1, 60),
+        reuse=st.booleans(),
+    )
+    def grant(self, user: str, usage_type: str, amount: int, days: int, reuse: bool) -> None:
+        """A new grant, or (reuse) a new payload under a grant id already used: a conflict."""
+        ids = sorted(g for u in self.model.users.values() for g in u.grants if not g.startswith("topup:"))
+        grant_id = ids[amount % len(ids)] if reuse and ids else self.next_id("grant-")
+        expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=days, seconds=amount)
+        self._grant(grant_id, user, usage_type, amount, expires, "promotion")
+
+    @precondition(lambda self: any(u.grants for u in self.model.users.values()))
+    @rule(i=st.integers(0, 1000))
+    def grant_again(self, i: int) -> None:
+        """The same grant delivered again: a duplicate, whatever was drawn from it since."""
+        ids = sorted(g for u in self.model.users.values() for g in u.grants)
+        found = self.model.grant_owner(ids[i % len(ids)])
+        assert found is not None
+        user, g = found
+        self._grant(ids[i % len(ids)], user, g.usage_type, g.amount, g.expires_at, g.reason)
+
+    def _grant(self, grant_id: str, user: str, usage_type: str, amount: int, expires, reason: str) -> None:
+        status, body = api.grant(user, grant_id, usage_type, amount, iso(expires), reason)
+        expected_status, expected = self.model.grant(grant_id, user, usage_type, amount, expires, reason)
+        assert status == expected_status, (grant_id, user, usage_type, amount, body, expected)
+        STATS[f"grant {status}"] += 1
+        if status >= 400:
+            assert body["error"]["code"] == expected["code"]
+            return
+        assert {k: v for k, v in body["grant"].items() if k != "expires_at"} == expected["grant"]
+        assert body["balance"] == expected["balance"], (grant_id, body, expected)
+
+    @precondition(lambda self: any(self.model.live_grants(u, t) for u in USERS for t in CATALOG.usage_types))
+    @rule(i=st.integers(0, 1000), journal_now=st.booleans())
+    def grant_expires(self, i: int, journal_now: bool) -> None:
+        """Time reaches a live grant's expiry (its instant is moved into the past, as time would):
+        checks and summaries stop counting it at once; the maintenance job (sometimes run at once)
+        only journals it."""
+        live = [
+            (gid, g) for u in USERS for t in CATALOG.usage_types for gid, g in self.model.live_grants(u, t)
+        ]
+        grant_id, g = live[i % len(live)]
+        (moved,) = se.sql(
+            "UPDATE grants SET expires_at = now() - interval '1 second' WHERE grant_id = :g RETURNING expires_at",
+            g=grant_id,
+        )
+        g.expires_at = moved[0]
+        STATS["grant expired"] += 1
+        if journal_now:
+            from metering.services.grants import expire_due
+
+            assert expire_due() >= 1
 
     @rule(user=st.sampled_from(USERS), hold=st.sampled_from(HOLDS))
     def release(self, user: str, hold: str) -> None:
@@ -492,7 +585,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(
         user=st.sampled_from(USERS),
-        pack=st.sampled_from(("voice_1k", "voice_1k", "ocr_50k")),
+        pack=st.sampled_from(("voice_1k", "voice_1k", "ocr_50k", "voice_promo_2k")),
         quantity=st.integers(1, 3),
         flow=st.sampled_from(["paid", "async", "paid_and_async"]),
     )

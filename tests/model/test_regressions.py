@@ -108,6 +108,7 @@ def test_record_settles_its_hold_then_a_recheck_under_the_same_id_holds_again():
         "used": 3000,
         "rollover": 0,
         "purchased": 0,
+        "granted": 0,
         "reserved": 2000,
         "available": 0,
     }

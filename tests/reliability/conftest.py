@@ -49,7 +49,7 @@ class Private:
     def waiting_pid(self, query_part: str, exclude: tuple[int, ...] = (), timeout: float = 30) -> int:
         """The pid of the backend blocked on a lock while running a statement containing
         `query_part` (polled until there is one, other than `exclude`). The service's hot paths
-        call routines: pg_stat_activity shows the call (`metering.lock_pairs_v1(...)`)."""
+        call routines: pg_stat_activity shows the call (`metering.lock_pairs_v2(...)`)."""
 
         def find() -> int | None:
             rows = self.backends("wait_event_type = 'Lock' AND position(:q in query) > 0", q=query_part)

@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -32,13 +33,14 @@ from tests.support import stripe_events as stripe
 from tests.support.lambda_events import call, http_event
 from tests.support.private_servers import WarmContainer, wait_for
 from tests.support.servers import reset_caches
-from tests.support.state import assert_reconciled, query, subscribe
+from tests.support.state import assert_reconciled, iso, query, subscribe
 
 pytestmark = pytest.mark.xdist_group("reliability")
 
 USER, TYPE = "u1", "premium_voice"
 EVENT = "job-300"
-LOCK_STATEMENT = "metering.lock_pairs_v1"  # the routine where a record waits for the user's row
+LOCK_STATEMENT = "metering.lock_pairs_v2"  # the routine where a record waits for the user's row
+PERIOD_START = datetime.now(UTC) - timedelta(days=10)
 APPLIED = {
     "event_id": EVENT,
     "recorded": True,
@@ -46,10 +48,12 @@ APPLIED = {
     "breakdown": {
         "from_subscription": 100,
         "from_rollover": 50,
+        "from_grants": 0,
         "from_purchased": 100,
         "overflow_to_debt": 50,
     },
-    "balance": {"used": 5000, "rollover": -50, "purchased": 0},
+    "balance": {"used": 5000, "rollover": -50, "purchased": 0, "granted": 0},
+    "period": {"start": iso(PERIOD_START), "end": iso(PERIOD_START + timedelta(days=30))},
 }
 REPLAYED = {**APPLIED, "recorded": False, "duplicate": True}
 
@@ -58,7 +62,7 @@ REPLAYED = {**APPLIED, "recorded": False, "duplicate": True}
 
 
 def given_worked_example() -> dict[str, Any]:
-    subscribe(USER, "basic")
+    subscribe(USER, "basic", start=PERIOD_START)
     assert api.record("warmup", USER, TYPE, 4900)[0] == 201
     assert api.adjust(USER, "adj-r", TYPE, "rollover", 50)[0] == 201
     assert api.adjust(USER, "adj-p", TYPE, "purchased", 100)[0] == 201
@@ -193,6 +197,9 @@ def invoke_summary(user: str) -> tuple[int, Any]:
     )
 
 
+GRANT_EXPIRES = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+
+
 def top_up_event(session_id: str = "cs_topup_1") -> dict[str, Any]:
     session = stripe.checkout_session(session_id, mode="payment", pack="voice_1k", quantity="1", user_id=USER)
     return stripe.event("checkout.session.completed", session, int(time.time()))
@@ -295,7 +302,7 @@ def test_connection_killed_while_a_webhook_top_up_waits_then_it_is_credited_once
 
 
 def test_postgres_restarted_while_containers_are_warm_the_next_invocations_succeed(private):
-    subscribe(USER, "basic")
+    subscribe(USER, "basic", start=PERIOD_START)
     record_c, check_c, summary_c = WarmContainer.start(private.env, 3)
     try:
         # warm: each container made one successful invocation, its pooled connection is open
@@ -321,10 +328,12 @@ def test_postgres_restarted_while_containers_are_warm_the_next_invocations_succe
             "breakdown": {
                 "from_subscription": 200,
                 "from_rollover": 0,
+                "from_grants": 0,
                 "from_purchased": 0,
                 "overflow_to_debt": 0,
             },
-            "balance": {"used": 300, "rollover": 0, "purchased": 0},
+            "balance": {"used": 300, "rollover": 0, "purchased": 0, "granted": 0},
+            "period": APPLIED["period"],
         },
     )
     assert (chk[0], summ[0]) == (200, 200), f"after the restart: check {chk}; summary {summ}"
@@ -348,6 +357,10 @@ def test_postgres_down_every_route_answers_503_and_the_retries_apply_once(privat
         assert (status, body["error"]["code"]) == (503, "unavailable")
         status, body = api.adjust(USER, "adj-p", TYPE, "purchased", 100)
         assert (status, body["error"]["code"]) == (503, "unavailable")
+        status, body = api.grant(USER, "g-1", TYPE, 50, GRANT_EXPIRES)
+        assert (status, body["error"]["code"]) == (503, "unavailable")
+        status, body = api.read("ledger", USER)
+        assert (status, body["error"]["code"]) == (503, "unavailable")
         status, body = stripe.deliver(event)
         assert (status, body["error"]["code"]) == (503, "unavailable")
         status, body = api.batch(batch)
@@ -360,9 +373,12 @@ def test_postgres_down_every_route_answers_503_and_the_retries_apply_once(privat
 
     # every caller retries once the database is back: each effect exactly once
     assert api.adjust(USER, "adj-p", TYPE, "purchased", 100)[0] == 201
+    assert api.grant(USER, "g-1", TYPE, 50, GRANT_EXPIRES)[0] == 201
+    assert api.grant(USER, "g-1", TYPE, 50, GRANT_EXPIRES)[0] == 200
     assert stripe.deliver(event) == (200, {"status": "ok"})
     status, body = api.record(EVENT, USER, TYPE, 300)
-    assert status == 201 and body["balance"] == {"used": 400, "rollover": 0, "purchased": 1100}
+    assert status == 201 and body["balance"] == {"used": 400, "rollover": 0, "purchased": 1100, "granted": 50}
+    assert [e["reason"] for e in api.read("ledger", USER)[1]["entries"]][:3] == ["usage", "topup", "grant"]
     assert api.batch(batch)[1]["results"][0]["status"] == "recorded"
     assert api.record(EVENT, USER, TYPE, 300)[0] == 200
     assert query("SELECT rollover, purchased FROM balances")[0] == (0, 1100)
@@ -398,7 +414,7 @@ def test_redis_stopped_checks_answer_from_the_database_and_records_are_unaffecte
         },
     )
     status, body = api.record("e1", USER, TYPE, 1000, reservation_id="r1")  # settling r1 is best effort
-    assert (status, body["balance"]) == (201, {"used": 1000, "rollover": 0, "purchased": 0})
+    assert (status, body["balance"]) == (201, {"used": 1000, "rollover": 0, "purchased": 0, "granted": 0})
     status, body = api.check(USER, TYPE, 4000)
     assert (status, body["allowed"], body["available"], body["reservations_counted"]) == (
         200,
@@ -529,7 +545,7 @@ def test_lambda_killed_with_its_transaction_open_is_all_or_nothing(private, bloc
         blocker, statement = (
             (row_locked(), LOCK_STATEMENT)
             if blocked_in == "row lock"
-            else (usage_log_insert_blocked(), "metering.post_usage_v1")
+            else (usage_log_insert_blocked(), "metering.post_usage_v2")
         )
         with blocker:
             container.submit(invoke_record, EVENT, USER, TYPE, 300)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from metering.devtools.template import load_template
+from metering_dev.template import load_template
 from tests.support import api
 from tests.support import stripe_events as stripe
 from tests.support.lambda_events import call, http_event
@@ -194,12 +194,13 @@ ASSEMBLED_SQL = {
     ("db/reads.py", "breakdown_statement"): "breakdown: catalog field names, validated by reads._field_sql",
     # CREATE DATABASE takes an identifier, which cannot be a bind parameter; dev tooling only,
     # called with the constant LOCAL_DB_NAME
-    ("devtools/embedded.py", "local_database_url"): "identifier of a dev database, a constant",
+    ("tools/metering_dev/embedded.py", "local_database_url"): "identifier of a dev database, a constant",
 }
 
 
 def _python_files() -> list[Path]:
-    files = sorted(PACKAGE.rglob("*.py")) + sorted((ROOT / "functions").rglob("*.py"))
+    files = [*sorted(PACKAGE.rglob("*.py")), *sorted((ROOT / "functions").rglob("*.py"))]
+    files += sorted((ROOT / "tools").rglob("*.py"))  # the dev tools too
     assert len(files) > 30
     return files
 

@@ -5,8 +5,9 @@ computed from the workload, one log row per distinct event id, `reconcile` clean
 The workload is generated from a fixed seed. Final balances are only order-independent when usage
 beyond the allowance never races an adjustment (where a unit comes from, rollover or purchased,
 then depends on which came first), so the users are in two groups:
-- "granted" users (plan plus) get adjustments during the soak, and their usage stays within the
-  allowance: pools change by the adjustments alone;
+- "granted" users (plan plus) get adjustments and expiring grants during the soak, and their
+  usage (a share of it with `occurred_at`, late events of the current period) stays within the
+  allowance: pools change by the adjustments alone, and every grant keeps all its credit;
 - "overflow" users (basic or free) have their pools set before the soak and none during it; their
   usage runs through allowance, rollover, purchased and into debt.
 Negative purchased adjustments are used only where they are always refused (a user who never has
@@ -20,6 +21,7 @@ import random
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -27,11 +29,12 @@ import pytest
 from tests.support import api
 from tests.support.containers import run_containers
 from tests.support.lambda_events import call, http_event
-from tests.support.state import assert_reconciled, query, subscribe, use_test_catalog
+from tests.support.state import assert_reconciled, iso, query, subscribe, use_test_catalog
 
 pytestmark = pytest.mark.xdist_group("reliability")
 
 SEED = 20261124
+NOW = datetime.now(UTC)
 CONTAINERS = 4
 OPS_PER_CONTAINER = 1000
 TIME_LIMIT_S = 150
@@ -66,6 +69,16 @@ def adjust_event(user: str, body: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def grant_event(user: str, body: dict[str, Any]) -> dict[str, Any]:
+    return http_event(
+        "POST",
+        f"/v1/users/{user}/grants",
+        body,
+        route="/v1/users/{user_id}/grants",
+        path_parameters={"user_id": user},
+    )
+
+
 def check_event(body: dict[str, Any]) -> dict[str, Any]:
     return http_event("POST", "/v1/check", body)
 
@@ -93,6 +106,7 @@ class Workload:
     pre_adjustments: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     events: dict[str, dict[str, Any]] = field(default_factory=dict)  # every valid soak event by id
     adjustments: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # id -> (user, body)
+    grants: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # id -> (user, body)
     per_container: list[list[Op]] = field(default_factory=lambda: [[] for _ in range(CONTAINERS)])
 
 
@@ -186,6 +200,8 @@ def generate() -> Workload:
                 "duration_ms": rng.randint(1, 9000),
                 "page_idx": rng.randint(1, 30),
             }
+        if user in GRANTED and rng.random() < 0.3:  # a late event of the current period
+            body["occurred_at"] = iso(NOW - timedelta(seconds=rng.randint(0, 3600)))
         w.events[body["event_id"]] = body
         copies = rng.choices([1, 2, 3], weights=[6, 3, 1])[0]
         for container in rng.sample(range(CONTAINERS), copies):
@@ -210,6 +226,23 @@ def generate() -> Workload:
         )
         for container in rng.sample(range(CONTAINERS), rng.choices([1, 2, 3], weights=[5, 3, 2])[0]):
             adj_deliveries.append((container, adj_id))
+
+    # expiring grants of granted users (whose usage stays within the allowance: never drawn)
+    grant_deliveries: list[tuple[int, str]] = []
+    for i in range(60):
+        user = rng.choice(list(GRANTED))
+        grant_id = f"grant-{i}"
+        expires = NOW + timedelta(days=rng.randint(1, 60), seconds=i)
+        body = {
+            "grant_id": grant_id,
+            "usage_type": rng.choice([PV, OCR]),
+            "amount": rng.randint(1, 500),
+            "expires_at": iso(expires),
+            "reason": "soak promotion",
+        }
+        w.grants[grant_id] = (user, body)
+        for container in rng.sample(range(CONTAINERS), rng.choices([1, 2, 3], weights=[5, 3, 2])[0]):
+            grant_deliveries.append((container, grant_id))
 
     ops = w.per_container
     rng.shuffle(deliveries)
@@ -254,6 +287,9 @@ def generate() -> Workload:
     for container, adj_id in adj_deliveries:
         user, body = w.adjustments[adj_id]
         ops[container].append(Op([("record", adjust_event(user, body))], ("adjust", adj_id)))
+    for container, grant_id in grant_deliveries:
+        user, body = w.grants[grant_id]
+        ops[container].append(Op([("record", grant_event(user, body))], ("grant", grant_id)))
 
     # checks, reservations (released, or settled by a record), bad inputs
     serial = 0
@@ -442,6 +478,7 @@ def test_soak_of_mixed_operations_from_several_containers_ends_exact_and_reconci
     applied: Counter[str] = Counter()
     breakdowns: dict[str, list[dict[str, int]]] = defaultdict(list)
     adjusted: Counter[str] = Counter()
+    granted: Counter[str] = Counter()
     problems: list[str] = []
 
     def expect(condition: bool, what: str) -> None:
@@ -480,6 +517,9 @@ def test_soak_of_mixed_operations_from_several_containers_ends_exact_and_reconci
             elif kind == "adjust":
                 expect(status in (200, 201), where)
                 adjusted[op.expect[1]] += status == 201
+            elif kind == "grant":
+                expect(status in (200, 201), where)
+                granted[op.expect[1]] += status == 201
             elif kind == "bad":
                 expect((status, body["error"]["code"]) == op.expect[1:], where)
             else:  # a check, alone or followed by a release or a record that settles its hold
@@ -507,6 +547,10 @@ def test_soak_of_mixed_operations_from_several_containers_ends_exact_and_reconci
     assert applied == Counter(dict.fromkeys(w.events, 1)), "events not applied exactly once"
     assert all(len({json.dumps(b, sort_keys=True) for b in bs}) == 1 for bs in breakdowns.values())
     assert adjusted == Counter(dict.fromkeys(w.adjustments, 1)), "adjustments not applied exactly once"
+    assert granted == Counter(dict.fromkeys(w.grants, 1)), "grants not applied exactly once"
+    assert {r.grant_id: (r.amount, r.remaining) for r in query("SELECT * FROM grants")} == {
+        grant_id: (body["amount"], body["amount"]) for grant_id, (_, body) in w.grants.items()
+    }
 
     # the database: one row per distinct event, the exact balances, a clean journal
     assert query("SELECT count(*) FROM usage_events")[0][0] == len(w.events) + len(w.pre_events)

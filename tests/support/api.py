@@ -57,8 +57,36 @@ def adjust(
     )
 
 
+def grant(
+    user_id: str,
+    grant_id: str,
+    usage_type: str,
+    amount: int,
+    expires_at: str,
+    reason: str = "promotion",
+) -> tuple[int, Any]:
+    """POST /v1/users/{user_id}/grants: credit that expires at `expires_at` (ISO-8601)."""
+    body = {
+        "grant_id": grant_id,
+        "usage_type": usage_type,
+        "amount": amount,
+        "expires_at": expires_at,
+        "reason": reason,
+    }
+    return call(
+        "record",
+        http_event(
+            "POST",
+            f"/v1/users/{user_id}/grants",
+            body,
+            route="/v1/users/{user_id}/grants",
+            path_parameters={"user_id": user_id},
+        ),
+    )
+
+
 def read(kind: str, user_id: str, **query: str) -> tuple[int, Any]:
-    """GET /v1/users/{user_id}/{kind} (summary, breakdown, stats) as the product's backend."""
+    """GET /v1/users/{user_id}/{kind} (summary, breakdown, stats, ledger) as the product's backend."""
     path = f"/v1/users/{user_id}/{kind}"
     return call(
         "summary",

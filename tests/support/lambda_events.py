@@ -1,4 +1,5 @@
-"""API Gateway HTTP API (payload 2.0) events and handler calls, as Lambda would make them."""
+"""Handler calls as Lambda would make them, on events from the one builder,
+`metering_dev.events.http_event` (re-exported here for the tests)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import importlib
 import json
 from typing import Any
 
-from metering.devtools.context import make_context
-from metering.devtools.events import http_event as http_event  # re-exported for the tests
+from metering_dev.context import make_context
+from metering_dev.events import http_event as http_event
 
 HANDLERS = {
     "check": "functions.check.app",

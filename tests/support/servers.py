@@ -10,6 +10,7 @@ from sqlalchemy.engine import make_url
 
 # Every table the service writes, dependents first (the order TRUNCATE and counts can use).
 LEDGER_TABLES = (
+    "grants",
     "renewal_rollovers",
     "topups",
     "renewals",
@@ -31,7 +32,7 @@ TABLES = ", ".join(LEDGER_TABLES)  # for TRUNCATE
 def _admin_url(state_dir: Path) -> str:
     if os.environ.get("TEST_DATABASE_URL"):
         return os.environ["TEST_DATABASE_URL"]
-    from metering.devtools.embedded import ensure_database_url, server_reachable_postgres
+    from metering_dev.embedded import ensure_database_url, server_reachable_postgres
 
     if server_reachable_postgres():
         return "postgresql+pg8000://postgres@127.0.0.1:5432/postgres"
@@ -46,7 +47,7 @@ def _admin_url(state_dir: Path) -> str:
 def _redis_base(state_dir: Path) -> str:
     if os.environ.get("TEST_REDIS_URL"):
         return os.environ["TEST_REDIS_URL"]
-    from metering.devtools.embedded import ensure_redis_url, server_reachable_redis
+    from metering_dev.embedded import ensure_redis_url, server_reachable_redis
 
     if server_reachable_redis():
         return "redis://127.0.0.1:6379/0"

@@ -24,6 +24,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from tests.support.lambda_events import call, http_event
+from tests.support.servers import LEDGER_TABLES
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "stripe"
 # each fixture file says where it comes from, with its API version: "... API version 2026-07-29.dahlia ..."
@@ -373,22 +374,7 @@ def final_state() -> dict[str, list[tuple[Any, ...]]]:
     }
 
 
-WIPE_ORDER = (
-    "stripe_events",
-    "stripe_pending_events",
-    "renewal_rollovers",
-    "renewals",
-    "topups",
-    "journal",
-    "usage_events",
-    "period_usage",
-    "lifetime_stats",
-    "adjustments",
-    "balances",
-    "periods",
-    "subscriptions",
-    "accounts",
-)
+WIPE_ORDER = LEDGER_TABLES  # every table the service writes, dependents first
 
 
 def wipe() -> None:

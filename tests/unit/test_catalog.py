@@ -340,6 +340,17 @@ ERROR_CASES: list[tuple[str, Mutation, str]] = [
         _set("packs.0.amount", INT64_MAX + 1),
         "packs[0].amount: must fit in a signed 64-bit",
     ),
+    ("expiring pack of 0 days", _set("packs.0.expires_in_days", 0), "packs[0].expires_in_days: must be >= 1"),
+    (
+        "expiring pack of text",
+        _set("packs.0.expires_in_days", "30"),
+        "packs[0].expires_in_days: must be an integer",
+    ),
+    (
+        "expiring pack beyond ten years",
+        _set("packs.0.expires_in_days", 4000),
+        "packs[0].expires_in_days: must be at most 3660 days",
+    ),
     # breakdown field syntax
     (
         "bare group_by field",
@@ -419,6 +430,13 @@ def test_plain_counter_may_say_rollover_cap_zero() -> None:
     data = base()
     data["usage_types"]["chars"]["rollover_cap"] = 0
     assert parse_catalog(dump(data)).usage_types["chars"].rollover_cap == 0
+
+
+def test_a_pack_may_expire_after_some_days() -> None:
+    data = base()
+    data["packs"][0]["expires_in_days"] = 30
+    assert parse_catalog(dump(data)).packs[0].expires_in_days == 30
+    assert parse_catalog(dump(base())).packs[0].expires_in_days is None
 
 
 def test_null_packs_means_none() -> None:

@@ -97,3 +97,62 @@ def test_equality_is_allowed():
 )
 def test_rollover_after_renewal(limit, used, rollover, cap, expected):
     assert rollover_after_renewal(limit=limit, used=used, rollover=rollover, cap=cap) == expected
+
+
+def test_grants_are_spent_after_rollover_soonest_expiry_first_then_purchased():
+    # api.md section 7: allowance -> positive rollover -> live grants (as given: soonest first) -> purchased
+    split = waterfall(
+        400, limit=100, used=0, rollover=50, purchased=1000, pools=True, grants=[("soon", 30), ("later", 200)]
+    )
+    assert split == Breakdown(
+        from_subscription=100,
+        from_rollover=50,
+        from_purchased=20,
+        overflow_to_debt=0,
+        from_grants=230,
+        drawn=(("soon", 30), ("later", 200)),
+    )
+    assert split.total == 400
+    # a grant that is not needed is not touched
+    assert (
+        waterfall(120, limit=100, used=0, rollover=50, purchased=0, pools=True, grants=[("g", 9)]).drawn == ()
+    )
+    # a plain counter ignores grants
+    assert (
+        waterfall(5, limit=1, used=0, rollover=0, purchased=0, pools=False, grants=[("g", 9)]).from_grants
+        == 0
+    )
+
+
+@given(
+    amount=st.integers(1, 10**6),
+    limit=st.none() | st.integers(0, 10**6),
+    used=st.integers(0, 10**6),
+    rollover=st.integers(-(10**6), 10**6),
+    purchased=st.integers(0, 10**6),
+    grants=st.lists(st.integers(1, 10**5), max_size=4),
+)
+def test_the_split_with_grants_always_adds_up_and_never_overdraws_a_grant(
+    amount, limit, used, rollover, purchased, grants
+):
+    credit = [(f"g{i}", g) for i, g in enumerate(grants)]
+    split = waterfall(
+        amount, limit=limit, used=used, rollover=rollover, purchased=purchased, pools=True, grants=credit
+    )
+    assert split.total == amount
+    assert split.from_grants == sum(taken for _, taken in split.drawn)
+    assert all(0 < taken <= dict(credit)[gid] for gid, taken in split.drawn)
+    # a later grant is drawn only once every earlier one is empty
+    drawn = dict(split.drawn)
+    for i, (gid, _) in enumerate(credit[1:], 1):
+        if gid in drawn:
+            assert all(drawn.get(g) == c for g, c in credit[:i])
+    assert available(
+        limit=limit,
+        used=used,
+        rollover=rollover,
+        purchased=purchased,
+        pools=True,
+        reserved=0,
+        granted=sum(grants),
+    ) == (None if limit is None else max(0, max(0, limit - used) + rollover + sum(grants) + purchased))

@@ -5,9 +5,11 @@ from datetime import UTC, datetime
 import pytest
 
 from metering.domain.periods import (
+    PeriodSpec,
     SubscriptionState,
     add_months,
     calendar_month,
+    charged_period,
     next_period,
     resolve_period,
 )
@@ -84,3 +86,59 @@ def test_entitled_statuses(status):
 def test_no_subscription_is_free_calendar_month():
     spec = resolve_period(None, dt(2026, 7, 4), "free")
     assert (spec.start, spec.plan_id) == (dt(2026, 7, 1), "free")
+
+
+# --- late events: which period pays (api.md section 7) -------------------------------------------------
+
+OLD = (datetime(2026, 11, 3, 9, tzinfo=UTC), datetime(2026, 12, 3, 9, tzinfo=UTC))
+NEW = (OLD[1], datetime(2027, 1, 3, 9, tzinfo=UTC))
+LATE = datetime(2026, 12, 3, 8, 59, tzinfo=UTC)  # a minute before the boundary
+NOW = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
+
+
+def renewing(period):
+    return SubscriptionState("sub_1", "basic", "active", period[0], period[1], anchor=OLD[0])
+
+
+def test_a_moment_of_the_current_period_is_charged_to_it():
+    assert charged_period(renewing(NEW), NOW, NOW, "free", []) == PeriodSpec(
+        *NEW, "basic", "subscription", "sub_1"
+    )
+
+
+def test_before_the_renewal_webhook_the_ended_period_pays():
+    # the mirror still has OLD: now lies in an assumed next period, the moment in OLD
+    assert charged_period(renewing(OLD), LATE, NOW, "free", []) == PeriodSpec(
+        *OLD, "basic", "subscription", "sub_1"
+    )
+    stored = [(*OLD, "basic", False)]
+    assert charged_period(renewing(NEW), LATE, NOW, "free", stored) == PeriodSpec(
+        *OLD, "basic", "subscription"
+    )
+
+
+def test_once_rolled_over_the_current_period_pays():
+    stored = [(*OLD, "basic", True)]
+    for mirror in (OLD, NEW):
+        assert charged_period(renewing(mirror), LATE, NOW, "free", stored).start == NEW[0]
+
+
+def test_an_unstored_earlier_subscription_period_is_charged_to_the_current_one():
+    assert charged_period(renewing(NEW), LATE, NOW, "free", []).start == NEW[0]
+
+
+def test_a_free_users_last_month_pays_for_its_late_usage():
+    now = datetime(2026, 12, 1, 0, 10, tzinfo=UTC)
+    moment = datetime(2026, 11, 30, 23, 59, tzinfo=UTC)
+    got = charged_period(None, moment, now, "free", [])
+    assert (got.start, got.end, got.kind) == (
+        datetime(2026, 11, 1, tzinfo=UTC),
+        datetime(2026, 12, 1, tzinfo=UTC),
+        "calendar",
+    )
+
+
+def test_a_moment_just_ahead_past_a_boundary_is_charged_to_the_next_period():
+    moment = datetime(2026, 12, 3, 9, 2, tzinfo=UTC)
+    got = charged_period(renewing(OLD), moment, datetime(2026, 12, 3, 8, 58, tzinfo=UTC), "free", [])
+    assert (got.start, got.kind) == (NEW[0], "assumed")

@@ -74,12 +74,13 @@ def test_breakdown_serializes_from_by_its_alias_and_utc_with_z():
 
 
 def test_unlimited_is_null():
-    out = UsageTypeSummary(limit=None, used=1, rollover=0, purchased=0, reserved=0, available=None)
+    out = UsageTypeSummary(limit=None, used=1, rollover=0, purchased=0, granted=0, reserved=0, available=None)
     assert out.model_dump(mode="json") == {
         "limit": None,
         "used": 1,
         "rollover": 0,
         "purchased": 0,
+        "granted": 0,
         "reserved": 0,
         "available": None,
     }

@@ -13,6 +13,8 @@ from metering_client import (
     BatchResult,
     CheckResult,
     EventIdConflict,
+    GrantResult,
+    LedgerEntry,
     MeteringError,
     NotFound,
     RecordResult,
@@ -226,3 +228,35 @@ def test_missing_route_is_not_found(connect, dev_server, user) -> None:
     with pytest.raises(NotFound) as raised:
         connect(dev_server.url + "/no-such-stage").summary(user)
     assert (raised.value.status, raised.value.code, raised.value.message) == (404, "http_404", "Not Found")
+
+
+def test_grant_is_typed_idempotent_and_spent_before_purchased(client, user) -> None:
+    expires = datetime.now(UTC) + timedelta(days=7)
+    made = client.grant(user, f"{user}-g1", "ocr_tokens", 300, expires, "promotion")
+    assert isinstance(made, GrantResult)
+    assert (made.grant.remaining, made.balance.granted) == (300, 300)
+    assert made.grant.expires_at == expires
+    again = client.grant(user, f"{user}-g1", "ocr_tokens", 300, expires, "promotion")
+    assert again.grant == made.grant
+    with pytest.raises(MeteringError) as raised:
+        client.grant(user, f"{user}-g1", "ocr_tokens", 301, expires, "promotion")
+    assert (raised.value.status, raised.value.code) == (409, "grant_id_conflict")
+    credit(client, user, 100, "ocr_tokens")
+    spent = client.record(user, "ocr_tokens", 400)  # no allowance on the free plan: the grant first
+    b = spent.breakdown
+    assert (b.from_subscription, b.from_grants, b.from_purchased, b.overflow_to_debt) == (0, 300, 100, 0)
+    assert spent.period is not None and spent.period.start <= datetime.now(UTC) < spent.period.end
+
+
+def test_late_record_and_the_ledger_pages(client, user) -> None:
+    late = client.record(user, "server_kokoro", 5, occurred_at=datetime.now(UTC) - timedelta(minutes=5))
+    assert late.recorded and late.period is not None
+    for i in range(4):
+        client.record(user, "server_kokoro", i + 1)
+    entries = list(client.ledger(user, usage_type="server_kokoro", page_size=2))
+    assert all(isinstance(e, LedgerEntry) for e in entries)
+    assert [e.delta for e in entries] == [4, 3, 2, 1, 5]  # newest first, across three pages
+    assert [e.balance_after for e in entries] == [15, 11, 8, 6, 5]
+    with pytest.raises(MeteringError) as raised:
+        client.record(user, "server_kokoro", 1, occurred_at=datetime.now(UTC) - timedelta(days=3))
+    assert (raised.value.status, raised.value.code) == (400, "occurred_at_out_of_range")

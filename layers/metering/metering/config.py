@@ -33,6 +33,8 @@ class Settings(BaseModel):
     metering_catalog: Opt = None
     stripe_webhook_secret: Opt = None
     billing_enabled: bool = True
+    # api.md section 7: how far back `occurred_at` may lie
+    late_event_grace_seconds: int = Field(default=86400, ge=0, le=400 * 86400)
 
     # AWS deployment: RDS Proxy with IAM auth, or a Secrets Manager secret with username/password
     db_host: Opt = None
@@ -60,6 +62,7 @@ ENV = {
     "METERING_CATALOG": "metering_catalog",
     "STRIPE_WEBHOOK_SECRET": "stripe_webhook_secret",
     "BILLING_ENABLED": "billing_enabled",
+    "LATE_EVENT_GRACE_SECONDS": "late_event_grace_seconds",
     "DB_HOST": "db_host",
     "DB_PORT": "db_port",
     "DB_NAME": "db_name",

@@ -41,6 +41,10 @@ class AmountOutOfRange(BadInput):
     code = "amount_out_of_range"
 
 
+class OccurredAtOutOfRange(BadInput):
+    code = "occurred_at_out_of_range"
+
+
 class Unauthorized(MeteringError):
     status = 401
     code = "unauthorized"
@@ -62,6 +66,10 @@ class EventIdConflict(Conflict):
 
 class AdjustmentIdConflict(Conflict):
     code = "adjustment_id_conflict"
+
+
+class GrantIdConflict(Conflict):
+    code = "grant_id_conflict"
 
 
 class InsufficientBalance(Conflict):

@@ -67,6 +67,7 @@ def batch_results(items: list[Any]) -> BatchResponse:
                 event_id=outcome.event_id,
                 status=outcome.status,
                 breakdown=breakdown_out(split) if split else None,
+                period=outcome.period_out,
                 error=ErrorOut(code=error.code, message=error.message) if error else None,
             )
         )

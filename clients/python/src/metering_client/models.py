@@ -64,6 +64,7 @@ class Balance(Result):
     used: int
     rollover: int
     purchased: int
+    granted: int = 0  # live grants' remaining credit (second release)
 
 
 class Period(Result):

@@ -10,7 +10,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 from pydantic_core import PydanticCustomError
 
 from metering.errors import INT64_MAX
@@ -42,7 +42,17 @@ def _routable(value: str) -> str:
     return value
 
 
+def _iso_text(value: Any) -> Any:
+    """An instant is ISO-8601 text (or, from Python, a datetime): a number would be read as Unix
+    seconds, silently."""
+    if not isinstance(value, str | datetime):
+        raise PydanticCustomError("iso_datetime", "must be an ISO-8601 date-time string with a timezone")
+    return value
+
+
 Text = Annotated[str, AfterValidator(_no_nul)]
+# an ISO-8601 date-time with a timezone (`Z` or an offset)
+Instant = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
 Ident = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_no_nul)]
 RoutedId = Annotated[
     str, Field(min_length=1, max_length=255), AfterValidator(_no_nul), AfterValidator(_routable)
@@ -153,11 +163,14 @@ class UsageRequest(Request):
     description: Annotated[Text, Field(max_length=1000)] | None = None
     details: Annotated[dict[str, Any] | None, AfterValidator(_details_checked)] = None
     reservation_id: RoutedId | None = None
+    # when the usage happened (default: when it is recorded); picks the period it belongs to
+    occurred_at: Instant | None = None
 
 
 class BreakdownOut(Response):
     from_subscription: int
     from_rollover: int
+    from_grants: int
     from_purchased: int
     overflow_to_debt: int
 
@@ -166,6 +179,12 @@ class BalanceOut(Response):
     used: int
     rollover: int
     purchased: int
+    granted: int  # live grants' remaining credit
+
+
+class PeriodOut(Response):
+    start: datetime
+    end: datetime
 
 
 class UsageResponse(Response):
@@ -174,6 +193,7 @@ class UsageResponse(Response):
     duplicate: bool
     breakdown: BreakdownOut
     balance: BalanceOut
+    period: PeriodOut  # the period that paid (a late event's, or the current one)
 
 
 class BatchRequest(Request):
@@ -191,6 +211,7 @@ class BatchResult(Response):
     event_id: str | None
     status: Literal["recorded", "duplicate", "rejected"]
     breakdown: BreakdownOut | None = None
+    period: PeriodOut | None = None
     error: ErrorOut | None = None
 
 
@@ -217,6 +238,43 @@ class AdjustmentResponse(Response):
     applied: bool
     duplicate: bool
     balance: BalanceOut
+
+
+class GrantRequest(Request):
+    grant_id: Ident
+    usage_type: UsageTypeName
+    amount: PositiveAmount
+    expires_at: Instant
+    reason: Annotated[Text, Field(min_length=1, max_length=1000)]
+
+
+class GrantOut(Response):
+    id: str
+    usage_type: str
+    amount: int
+    remaining: int
+    expires_at: datetime
+
+
+class GrantResponse(Response):
+    grant: GrantOut
+    balance: BalanceOut
+
+
+class LedgerEntryOut(Response):
+    id: str
+    at: datetime
+    usage_type: str
+    pool: Literal["used", "rollover", "purchased", "grant"]
+    delta: int
+    balance_after: int
+    reason: str
+    ref: str | None
+
+
+class LedgerResponse(Response):
+    entries: list[LedgerEntryOut]
+    next_cursor: str | None
 
 
 class ErrorBody(Response):

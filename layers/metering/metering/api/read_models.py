@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from metering.api.models import Response
+from metering.api.models import PeriodOut, Response  # PeriodOut: the record responses' too
 
 Number = int | float
 
@@ -34,16 +34,12 @@ class SubscriptionOut(Response):
     is_canceling: bool
 
 
-class PeriodOut(Response):
-    start: datetime
-    end: datetime
-
-
 class UsageTypeSummary(Response):
     limit: int | None = Field(description="period limit; null = unlimited (or billing disabled)")
     used: int
     rollover: int = Field(description="may be negative (debt); 0 for a plain counter")
     purchased: int = Field(description="0 for a plain counter")
+    granted: int = Field(description="live grants' remaining credit; 0 for a plain counter")
     reserved: int = Field(description="live reservations of this usage type")
     available: int | None = Field(description="what a check may grant now; null = unlimited")
 

@@ -125,6 +125,17 @@ Count = Annotated[int, PlainValidator(_integer(0, nullable=False))]
 OptionalCount = Annotated[int | None, PlainValidator(_integer(0, nullable=True))]
 Limit = Annotated[int | None, PlainValidator(_integer(0, nullable=True))]
 Amount = Annotated[int, PlainValidator(_integer(1, nullable=False))]
+MAX_DAYS = 3660  # ten years: a credit's lifetime, well inside datetime's range
+
+
+def _days(value: object) -> int | None:
+    days = _integer(1, nullable=True)(value)
+    if days is not None and days > MAX_DAYS:
+        raise _fail(f"must be at most {MAX_DAYS} days (got {days})")
+    return days
+
+
+Days = Annotated[int | None, PlainValidator(_days)]
 
 
 def _no_repeats(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -196,7 +207,8 @@ class Plan(BaseModel):
 
 
 class Pack(BaseModel):
-    """A one-off purchase that credits the `purchased` pool of a pooled usage type."""
+    """A one-off purchase that credits the `purchased` pool of a pooled usage type, or, with
+    `expires_in_days`, a grant that expires that many days after the purchase (api.md section 7)."""
 
     model_config = _FROZEN
 
@@ -205,6 +217,7 @@ class Pack(BaseModel):
     amount: Amount
     name: Text | None = None
     stripe_prices: tuple[PriceId, ...] = ()
+    expires_in_days: Days = None
 
 
 class Catalog(BaseModel):

@@ -5,7 +5,8 @@ The serialization point is the `balances` row of a (user, usage type) pair, lock
 `lock_pairs` before any read that a change depends on; records of different users never touch the
 same rows. Every change of a balance or a period counter goes through `post_entries` (or
 `post_usage`, which is it plus the usage rows), which writes the journal rows in the same call.
-The hot paths call the server-side routines of migration 0003 (`metering.*_v1`) by name.
+The hot paths call the server-side routines of migrations 0003 and 0005 (`metering.*_v2`) by
+name. Grants (credit with an expiry) change only through journal rows of account `grant`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ class PeriodRow:
     start: datetime
     end: datetime
     plan_id: str
+    rolled_over: bool = False  # its renewal rollover was applied: settled, no more usage
+
+
+class LiveGrant(NamedTuple):
+    grant_id: str
+    remaining: int
+    expires_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +51,11 @@ class PairState:
     purchased: int
     version: int  # of the balances row: which committed changes this read includes
     periods: dict[datetime, tuple[PeriodRow, int]]  # period_start -> (row, used of the usage type)
+    grants: tuple[LiveGrant, ...] = ()  # live at the moment read, soonest expiry first
+
+    @property
+    def granted(self) -> int:
+        return sum(g.remaining for g in self.grants)
 
     def period(self, spec: PeriodSpec) -> tuple[PeriodRow | None, int]:
         """The stored row of the period `spec` describes (None: not created yet) and its counter."""
@@ -56,13 +69,19 @@ class Pools:
     rollover: int
     purchased: int
     version: int = 0
+    granted: int = 0  # the live grants' remaining
 
     def as_dict(self) -> dict[str, int]:
-        return {"used": self.used, "rollover": self.rollover, "purchased": self.purchased}
+        return {
+            "used": self.used,
+            "rollover": self.rollover,
+            "purchased": self.purchased,
+            "granted": self.granted,
+        }
 
 
 def subscription_state(row: Any) -> SubscriptionState | None:
-    """The subscription columns of a `metering.pair_state_v1` (or current_subscriptions) row."""
+    """The subscription columns of a `metering.pair_state_v2` (or current_subscriptions) row."""
     if row.subscription_id is None:
         return None
     return SubscriptionState(
@@ -83,7 +102,7 @@ def _keys(pairs: Sequence[Pair]) -> dict[str, list[str]]:
 
 
 def _states(found: Iterable[Any]) -> dict[Pair, PairState]:
-    """The rows of `metering.pair_state_v1` (one per pair and period) as each pair's state."""
+    """The rows of `metering.pair_state_v2` (one per pair and period) as each pair's state."""
     periods: dict[Pair, dict[datetime, tuple[PeriodRow, int]]] = {}
     first_rows: dict[Pair, Any] = {}
     for row in found:
@@ -91,24 +110,35 @@ def _states(found: Iterable[Any]) -> dict[Pair, PairState]:
         first_rows.setdefault(pair, row)
         held = periods.setdefault(pair, {})
         if row.period_id is not None:
-            period = PeriodRow(row.period_id, row.period_start, row.period_end, row.period_plan)
+            period = PeriodRow(
+                row.period_id, row.period_start, row.period_end, row.period_plan, row.rolled_over
+            )
             held[row.period_start] = (period, row.used)
     return {
-        pair: PairState(subscription_state(row), row.rollover, row.purchased, row.version, periods[pair])
+        pair: PairState(
+            subscription_state(row),
+            row.rollover,
+            row.purchased,
+            row.version,
+            periods[pair],
+            tuple(map(LiveGrant, row.grant_ids, row.grant_remaining, row.grant_expires))
+            if row.grant_ids
+            else (),
+        )
         for pair, row in first_rows.items()
     }
 
 
 # --- reads and locks of the hot paths -----------------------------------------------------------------
 
-_PAIR_STATES = Statement("SELECT * FROM metering.pair_states_v1(:users, :types, :now)")
-_LOCK_PAIRS = Statement("SELECT * FROM metering.lock_pairs_v1(:users, :types, :now, :skip_locked)")
-_USAGE_EVENTS = Statement("SELECT * FROM metering.usage_events_v1(:ids)")
+_PAIR_STATES = Statement("SELECT * FROM metering.pair_states_v2(:users, :types, :now, :moments)")
+_LOCK_PAIRS = Statement("SELECT * FROM metering.lock_pairs_v2(:users, :types, :now, :moments, :skip_locked)")
+_USAGE_EVENTS = Statement("SELECT * FROM metering.usage_events_v2(:ids)")
 
 
 def pair_states(conn: Connection, pairs: Sequence[Pair], now: datetime) -> dict[Pair, PairState]:
     """Each pair's state at `now`, unlocked, in one snapshot and one round trip (a check, a summary)."""
-    return _states(rows(conn, _PAIR_STATES, {**_keys(pairs), "now": now}))
+    return _states(rows(conn, _PAIR_STATES, {**_keys(pairs), "now": now, "moments": []}))
 
 
 class StoredUsage(NamedTuple):
@@ -116,10 +146,14 @@ class StoredUsage(NamedTuple):
     user_id: str
     usage_type: str
     amount: int
+    occurred_at: datetime | None
     from_subscription: int
     from_rollover: int
+    from_grants: int
     from_purchased: int
     overflow_to_debt: int
+    period_start: datetime
+    period_end: datetime
 
 
 def lock_pairs(
@@ -128,15 +162,17 @@ def lock_pairs(
     now: datetime,
     event_ids: Sequence[str] = (),
     *,
+    moments: Sequence[datetime] = (),
     skip_locked: bool = False,
 ) -> tuple[dict[Pair, PairState], list[StoredUsage]]:
-    """Lock every pair for the rest of the transaction, then read their states and the stored
-    usage rows of `event_ids`: one round trip (with the transaction's BEGIN). Both reads start
-    after the lock is held, so they see everything its previous holder committed.
+    """Lock every pair for the rest of the transaction, then read their states (with the stored
+    periods containing `now` or any of `moments`) and the stored usage rows of `event_ids`: one
+    round trip (with the transaction's BEGIN). Both reads start after the lock is held, so they
+    see everything its previous holder committed.
 
     With `skip_locked`, only the pairs that exist and that no other transaction holds are locked,
     without waiting; the states returned are those of the locked pairs."""
-    params = {**_keys(pairs), "now": now, "skip_locked": skip_locked}
+    params = {**_keys(pairs), "now": now, "moments": list(moments), "skip_locked": skip_locked}
     if not event_ids:
         return _states(rows(conn, _LOCK_PAIRS, params)), []
     locked, stored = fetch(conn, (_LOCK_PAIRS, params), (_USAGE_EVENTS, {"ids": list(event_ids)}))
@@ -176,19 +212,20 @@ def lock_pair_in(conn: Connection, user_id: str, usage_type: str, period_id: UUI
     need not contain now: a renewal's ending period). One round trip."""
     locked, (counter,) = fetch(
         conn,
-        (_LOCK_PAIRS, {**_keys([(user_id, usage_type)]), "now": now, "skip_locked": False}),
+        (_LOCK_PAIRS, {**_keys([(user_id, usage_type)]), "now": now, "moments": [], "skip_locked": False}),
         (_USED, {"period": period_id, "type": usage_type}),
     )
     state = _states(locked)[(user_id, usage_type)]
-    return Pools(counter.used, state.rollover, state.purchased, state.version)
+    return Pools(counter.used, state.rollover, state.purchased, state.version, state.granted)
 
 
 # --- the journaled write ----------------------------------------------------------------------------------
 
 
 class Entry(NamedTuple):
-    """One journaled change of a (user, usage type): deltas of the period counter and the pools,
-    and what caused it (a named tuple: one per event of a batch)."""
+    """One journaled change of a (user, usage type): deltas of the period counter, the pools and
+    its grants ((grant_id, delta) pairs), and what caused it (a named tuple: one per event of a
+    batch)."""
 
     ref: str
     user_id: str
@@ -197,58 +234,63 @@ class Entry(NamedTuple):
     used: int = 0
     rollover: int = 0
     purchased: int = 0
+    grants: tuple[tuple[str, int], ...] = ()
 
 
 def _entry_params(entries: Iterable[Entry]) -> dict[str, Any]:
-    """`post_entries_v1`'s arrays: summed pool deltas per pair, summed counter deltas per (period,
-    usage type), one journal row per nonzero delta. Summed here, so the SQL stays flat."""
-    pools: dict[Pair, list[int]] = {}
-    counters: dict[tuple[UUID, str], int] = {}
-    journal: list[tuple[str, str, str, UUID | None, int, str]] = []
+    """`post_entries_v2`'s arrays: one journal row per nonzero delta, in order (the routine sums
+    them into the pools, counters and grants)."""
+    users: list[str] = []
+    types: list[str] = []
+    accounts: list[str] = []
+    periods: list[UUID | None] = []
+    grants: list[str | None] = []
+    deltas: list[int] = []
+    refs: list[str] = []
+
+    def row(e: Entry, account: str, delta: int, period: UUID | None = None, grant: str | None = None) -> None:
+        users.append(e.user_id)
+        types.append(e.usage_type)
+        accounts.append(account)
+        periods.append(period)
+        grants.append(grant)
+        deltas.append(delta)
+        refs.append(e.ref)
+
     for e in entries:
         if e.used:
             if e.period_id is None:
                 raise ValueError("a change of the period counter needs its period")
-            key = (e.period_id, e.usage_type)
-            counters[key] = counters.get(key, 0) + e.used
-            journal.append((e.user_id, e.usage_type, "used", e.period_id, e.used, e.ref))
-        if e.rollover or e.purchased:
-            sums = pools.setdefault((e.user_id, e.usage_type), [0, 0])
-            sums[0] += e.rollover
-            sums[1] += e.purchased
+            row(e, "used", e.used, period=e.period_id)
         if e.rollover:
-            journal.append((e.user_id, e.usage_type, "rollover", None, e.rollover, e.ref))
+            row(e, "rollover", e.rollover)
+        for grant_id, delta in e.grants:
+            if delta:
+                row(e, "grant", delta, grant=grant_id)
         if e.purchased:
-            journal.append((e.user_id, e.usage_type, "purchased", None, e.purchased, e.ref))
-    changed = {pair: sums for pair, sums in pools.items() if sums[0] or sums[1]}
-    counted = {key: used for key, used in counters.items() if used}
+            row(e, "purchased", e.purchased)
     return {
-        "b_users": [u for u, _ in changed],
-        "b_types": [t for _, t in changed],
-        "b_rollover": [r for r, _ in changed.values()],
-        "b_purchased": [p for _, p in changed.values()],
-        "c_periods": [p for p, _ in counted],
-        "c_types": [t for _, t in counted],
-        "c_used": list(counted.values()),
-        "j_users": [j[0] for j in journal],
-        "j_types": [j[1] for j in journal],
-        "j_accounts": [j[2] for j in journal],
-        "j_periods": [j[3] for j in journal],
-        "j_deltas": [j[4] for j in journal],
-        "j_refs": [j[5] for j in journal],
+        "j_users": users,
+        "j_types": types,
+        "j_accounts": accounts,
+        "j_periods": periods,
+        "j_grants": grants,
+        "j_deltas": deltas,
+        "j_refs": refs,
     }
 
 
 _POST_ENTRIES = Statement(
-    "SELECT metering.post_entries_v1(:reason, :b_users, :b_types, :b_rollover, :b_purchased,"
-    " :c_periods, :c_types, :c_used, :j_users, :j_types, :j_accounts, :j_periods, :j_deltas, :j_refs)"
+    "SELECT metering.post_entries_v2(:reason, :j_users, :j_types, :j_accounts, :j_periods,"
+    " :j_grants, :j_deltas, :j_refs)"
 )
 
 
 def post_entries(conn: Connection, *, reason: str, entries: Sequence[Entry]) -> None:
-    """THE way to change balances and period counters: the summed deltas of `entries`, and one
-    journal row per nonzero delta, in one call, queued to go with the transaction's next round
-    trip (usually COMMIT). The caller holds the lock of every pair (`lock_pairs`)."""
+    """THE way to change balances, grants and period counters: one journal row per nonzero delta
+    of `entries` (numbered, with the balance after it), in one call queued to go with the
+    transaction's next round trip (usually COMMIT). The caller holds the lock of every pair
+    (`lock_pairs`)."""
     queue(conn, _POST_ENTRIES, {"reason": reason, **_entry_params(entries)})
 
 
@@ -263,9 +305,10 @@ def post_entry(
     used: int = 0,
     rollover: int = 0,
     purchased: int = 0,
+    grants: tuple[tuple[str, int], ...] = (),
 ) -> None:
     """`post_entries` with one entry."""
-    entry = Entry(ref, user_id, usage_type, period_id, used, rollover, purchased)
+    entry = Entry(ref, user_id, usage_type, period_id, used, rollover, purchased, grants)
     post_entries(conn, reason=reason, entries=(entry,))
 
 
@@ -281,8 +324,10 @@ class UsageRow(NamedTuple):
     details_json: str | None
     reservation_id: str | None
     period_id: UUID
+    occurred_at: datetime | None
     from_subscription: int
     from_rollover: int
+    from_grants: int
     from_purchased: int
     overflow_to_debt: int
 
@@ -301,11 +346,11 @@ class StatsRow(NamedTuple):
 
 
 _POST_USAGE = Statement(
-    "SELECT metering.post_usage_v1(:at, :ev_ids, :ev_users, :ev_types, :ev_amounts, :ev_refs,"
-    " :ev_descriptions, :ev_details, :ev_reservations, :ev_periods, :ev_fs, :ev_fr, :ev_fp, :ev_fd,"
+    "SELECT metering.post_usage_v2(:at, :ev_ids, :ev_users, :ev_types, :ev_amounts, :ev_refs,"
+    " :ev_descriptions, :ev_details, :ev_reservations, :ev_periods, :ev_occurred, :ev_fs, :ev_fr,"
+    " :ev_fg, :ev_fp, :ev_fd,"
     " :g_users, :g_types, :g_keys, :g_json, :g_labels, :g_totals, :g_events, :g_measures,"
-    " :b_users, :b_types, :b_rollover, :b_purchased, :c_periods, :c_types, :c_used,"
-    " :j_users, :j_types, :j_accounts, :j_periods, :j_deltas, :j_refs)"
+    " :j_users, :j_types, :j_accounts, :j_periods, :j_grants, :j_deltas, :j_refs)"
 )
 
 
@@ -332,8 +377,10 @@ def post_usage(
             "ev_details": [u.details_json for u in usage],
             "ev_reservations": [u.reservation_id for u in usage],
             "ev_periods": [u.period_id for u in usage],
+            "ev_occurred": [u.occurred_at for u in usage],
             "ev_fs": [u.from_subscription for u in usage],
             "ev_fr": [u.from_rollover for u in usage],
+            "ev_fg": [u.from_grants for u in usage],
             "ev_fp": [u.from_purchased for u in usage],
             "ev_fd": [u.overflow_to_debt for u in usage],
             "g_users": [g.user_id for g in stats],
@@ -381,6 +428,63 @@ def adjustment(conn: Connection, adjustment_id: str) -> tuple[str, str, str, int
     """(user_id, usage_type, pool, delta) of a claimed adjustment."""
     row = one(conn, _ADJUSTMENT, {"id": adjustment_id})
     return row.user_id, row.usage_type, row.pool, row.delta
+
+
+# --- grants -----------------------------------------------------------------------------------------------
+
+
+class GrantRow(NamedTuple):
+    grant_id: str
+    user_id: str
+    usage_type: str
+    amount: int
+    remaining: int
+    expires_at: datetime
+    reason: str
+
+
+_CLAIM_GRANT = Statement(
+    """
+    INSERT INTO grants (grant_id, user_id, usage_type, amount, expires_at, reason)
+    VALUES (:id, :user_id, :usage_type, :amount, :expires_at, :reason)
+    ON CONFLICT (grant_id) DO NOTHING
+    RETURNING grant_id
+    """
+)
+_GRANT = Statement(
+    "SELECT grant_id, user_id, usage_type, amount, remaining, expires_at, reason FROM grants"
+    " WHERE grant_id = :id"
+)
+_DUE_GRANTS = Statement(
+    """
+    SELECT grant_id, user_id, usage_type, amount, remaining, expires_at, reason FROM grants
+    WHERE remaining > 0 AND expires_at <= :now ORDER BY expires_at, grant_id LIMIT :limit
+    """
+)
+
+
+def claim_grant(conn: Connection, grant: GrantRow) -> bool:
+    """Create the grant with nothing remaining (its `grant` journal row credits it); False if
+    `grant_id` was claimed before."""
+    params = {
+        "id": grant.grant_id,
+        "user_id": grant.user_id,
+        "usage_type": grant.usage_type,
+        "amount": grant.amount,
+        "expires_at": grant.expires_at,
+        "reason": grant.reason,
+    }
+    return first(conn, _CLAIM_GRANT, params) is not None
+
+
+def grant(conn: Connection, grant_id: str) -> GrantRow | None:
+    found = first(conn, _GRANT, {"id": grant_id})
+    return GrantRow(*found) if found else None
+
+
+def due_grants(conn: Connection, now: datetime, limit: int) -> list[GrantRow]:
+    """Grants expired by `now` whose remaining credit is not journaled as expired yet."""
+    return [GrantRow(*r) for r in rows(conn, _DUE_GRANTS, {"now": now, "limit": limit})]
 
 
 # --- reconcile: balances and counters against the journal -----------------------------------------------
@@ -437,10 +541,65 @@ _COUNTER_DRIFTS = Statement(
 )
 
 
-def drifts(conn: Connection, user_id: str | None) -> tuple[list[Any], list[Any]]:
-    """Balances whose journal sums differ, and period counters whose journal or
-    `from_subscription` sums differ (of one user, or of everyone)."""
-    balances, counters = fetch(
-        conn, (_BALANCE_DRIFTS, {"user_id": user_id}), (_COUNTER_DRIFTS, {"user_id": user_id})
+_GRANT_DRIFTS = Statement(
+    """
+    WITH j AS (
+        SELECT grant_id, sum(delta) AS remaining FROM journal
+        WHERE grant_id IS NOT NULL AND (CAST(:user_id AS text) IS NULL OR user_id = :user_id)
+        GROUP BY grant_id
     )
-    return balances, counters
+    SELECT g.user_id, g.usage_type, g.grant_id, g.remaining, coalesce(j.remaining, 0) AS journal_remaining
+    FROM grants g LEFT JOIN j USING (grant_id)
+    WHERE (CAST(:user_id AS text) IS NULL OR g.user_id = :user_id)
+      AND g.remaining <> coalesce(j.remaining, 0)
+    ORDER BY 1, 2, 3
+    """
+)
+
+# Each journal row's balance_after is the previous row's of its pool plus its delta, and the
+# rows of a pair are numbered 1..balances.seq without a gap.
+_HISTORY_DRIFTS = Statement(
+    """
+    WITH h AS (
+        SELECT user_id, usage_type, seq, account, delta, balance_after,
+               lag(balance_after, 1, 0::bigint) OVER (
+                   PARTITION BY user_id, usage_type, account, period_id, grant_id ORDER BY seq
+               ) AS before
+        FROM journal WHERE CAST(:user_id AS text) IS NULL OR user_id = :user_id
+    ), n AS (
+        SELECT user_id, usage_type, count(*) AS rows, max(seq) AS last FROM journal
+        WHERE CAST(:user_id AS text) IS NULL OR user_id = :user_id GROUP BY 1, 2
+    )
+    SELECT user_id, usage_type, 'balance_after of entry ' || seq AS what, balance_after AS stored,
+           before + delta AS expected
+    FROM h WHERE balance_after <> before + delta
+    UNION ALL
+    SELECT n.user_id, n.usage_type, 'ledger positions' AS what, coalesce(b.seq, 0) AS stored, n.rows
+    FROM n LEFT JOIN balances b USING (user_id, usage_type)
+    WHERE n.rows <> n.last OR n.rows <> coalesce(b.seq, 0)
+    ORDER BY 1, 2, 3
+    """
+)
+
+
+class Drifts(NamedTuple):
+    balances: list[Any]
+    counters: list[Any]
+    grants: list[Any]
+    history: list[Any]
+
+
+def drifts(conn: Connection, user_id: str | None) -> Drifts:
+    """Balances whose journal sums differ, period counters whose journal or `from_subscription`
+    sums differ, grants whose journal sums differ, and journal rows whose balance_after or
+    numbering is wrong (of one user, or of everyone): one round trip."""
+    params = {"user_id": user_id}
+    return Drifts(
+        *fetch(
+            conn,
+            (_BALANCE_DRIFTS, params),
+            (_COUNTER_DRIFTS, params),
+            (_GRANT_DRIFTS, params),
+            (_HISTORY_DRIFTS, params),
+        )
+    )

@@ -111,3 +111,45 @@ _STATS = Statement(
 
 def lifetime_stats(conn: Connection, user_id: str) -> list[Any]:
     return rows(conn, _STATS, {"user_id": user_id})
+
+
+# --- ledger history: the journal of a user, each pair's rows by their position ----------------------------
+
+_LEDGER = Statement(
+    """
+    SELECT j.entry_id, j.created_at, j.usage_type, j.account, j.delta, j.balance_after, j.reason, j.ref,
+           j.seq
+    FROM balances b
+    LEFT JOIN unnest(CAST(:types AS text[]), CAST(:before AS bigint[])) AS c (usage_type, before)
+        ON c.usage_type = b.usage_type
+    CROSS JOIN LATERAL (
+        SELECT * FROM journal x
+        WHERE x.user_id = b.user_id AND x.usage_type = b.usage_type
+          AND x.seq < coalesce(c.before, b.seq + 1)
+        ORDER BY x.seq DESC LIMIT :limit
+    ) j
+    WHERE b.user_id = :user_id
+      AND (CAST(:usage_type AS text) IS NULL OR b.usage_type = :usage_type)
+      AND (NOT :paged OR c.usage_type IS NOT NULL)
+    """
+)
+
+
+def ledger_rows(
+    conn: Connection, user_id: str, usage_type: str | None, before: dict[str, int] | None, limit: int
+) -> list[Any]:
+    """Up to `limit` journal rows of each of the user's (usage type) pairs, newest position first,
+    below each pair's position in `before` (a cursor; None: from the newest). With a cursor, only
+    its pairs: a pair that appeared since holds only rows newer than the first page."""
+    return rows(
+        conn,
+        _LEDGER,
+        {
+            "user_id": user_id,
+            "usage_type": usage_type,
+            "types": list(before or ()),
+            "before": list((before or {}).values()),
+            "paged": before is not None,
+            "limit": limit,
+        },
+    )

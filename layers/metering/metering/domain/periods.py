@@ -114,3 +114,39 @@ def governing_plan(spec: PeriodSpec, stored_plan: str | None) -> str:
     if spec.kind == "calendar" or stored_plan is None:
         return spec.plan_id
     return stored_plan
+
+
+type StoredPeriod = tuple[datetime, datetime, str, bool]  # start, end, plan_id, rolled_over
+
+
+def charged_period(
+    sub: SubscriptionState | None,
+    moment: datetime,
+    now: datetime,
+    free_plan_id: str,
+    stored: list[StoredPeriod],
+) -> PeriodSpec:
+    """The period that pays for usage that happened at `moment` and is recorded at `now`
+    (metering.md "Second release", late events): the period containing the moment, unless its
+    renewal rollover was already applied (settled: never reopened), in which case the current
+    one. `stored` are the user's period rows containing the moment.
+
+    A moment before the current subscription period that no stored row covers is charged to the
+    current period too: that earlier period had no usage and its bounds are not known here."""
+    current = resolve_period(sub, now, free_plan_id)
+    if current.contains(moment):
+        return current
+    expected = resolve_period(sub, moment, free_plan_id)
+    if moment >= current.end:  # a little ahead of now (clock skew), past a boundary
+        return expected
+    rows = sorted((r for r in stored if r[0] <= moment < r[1]), key=lambda r: r[0], reverse=True)
+    if expected.contains(moment):
+        rows.sort(key=lambda r: r[0] != expected.start)  # the row the rules expect, if stored
+    if not rows:
+        return expected if expected.contains(moment) else current
+    start, end, plan_id, rolled_over = rows[0]
+    if rolled_over:
+        return current
+    if expected.contains(moment) and expected.start == start:
+        return expected
+    return PeriodSpec(start, end, plan_id, "subscription")

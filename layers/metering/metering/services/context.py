@@ -62,15 +62,16 @@ class Standing:
     rollover: int
     purchased: int
     version: int
+    granted: int = 0  # live grants' remaining at the moment (0 for a plain counter)
 
     @property
     def pools(self) -> Pools:
-        return Pools(self.used, self.rollover, self.purchased, self.version)
+        return Pools(self.used, self.rollover, self.purchased, self.version, self.granted)
 
     def before_holds(self) -> int | None:
         """What a check may grant before live reservations are counted (None: unlimited)."""
         left = remaining(self.limit, self.used)
-        return None if left is None else left + self.rollover + self.purchased
+        return None if left is None else left + self.rollover + self.granted + self.purchased
 
     def available(self, reserved: int) -> int | None:
         return available(
@@ -80,6 +81,7 @@ class Standing:
             purchased=self.purchased,
             pools=self.pooled,
             reserved=reserved,
+            granted=self.granted,
         )
 
 
@@ -88,8 +90,10 @@ def standing(m: Meter, state: PairState, now: datetime) -> Standing:
     spec = resolve_period(state.subscription, now, m.catalog.free_plan.id)
     row, used = state.period(spec)
     plan_id = governing_plan(spec, row.plan_id if row else None)
-    rollover, purchased = (state.rollover, state.purchased) if m.pools else (0, 0)
-    return Standing(m.pools, spec, row, plan_id, m.limit(plan_id), used, rollover, purchased, state.version)
+    rollover, purchased, granted = (state.rollover, state.purchased, state.granted) if m.pools else (0, 0, 0)
+    return Standing(
+        m.pools, spec, row, plan_id, m.limit(plan_id), used, rollover, purchased, state.version, granted
+    )
 
 
 def locked_standing(conn: Connection, m: Meter, user_id: str, now: datetime) -> Standing:

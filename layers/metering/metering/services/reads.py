@@ -85,6 +85,7 @@ def summary(user_id: str, now: datetime | None = None) -> SummaryResponse:
             used=st.used,
             rollover=st.rollover,
             purchased=st.purchased,
+            granted=st.granted,
             reserved=reserved_by_type.get(name, 0),
             available=st.available(reserved_by_type.get(name, 0)),
         )

@@ -2,7 +2,10 @@
 
 1. every balance (rollover, purchased) equals the sum of its journal entries;
 2. every period counter equals the sum of its journal entries, and the sum of the
-   `from_subscription` parts of the usage logged in that period.
+   `from_subscription` parts of the usage logged in that period;
+3. every grant's remaining equals the sum of its journal entries;
+4. every journal row's `balance_after` is its pool's previous one plus its delta, and each pair's
+   rows are numbered 1..n without a gap (the ledger history's positions).
 Each check is a full outer join, so a journal without its balance row (or the reverse) is drift too.
 """
 
@@ -47,14 +50,14 @@ class Report:
 
 
 def reconcile(user_id: str | None = None) -> Report:
-    balances, counters = run_read(lambda conn: ledger.drifts(conn, user_id))
+    found = run_read(lambda conn: ledger.drifts(conn, user_id))
     drifts: list[Drift] = []
-    for r in balances:
+    for r in found.balances:
         for pool in ("rollover", "purchased"):
             stored, journal = getattr(r, pool), getattr(r, f"journal_{pool}")
             if stored != journal:
                 drifts.append(Drift(r.user_id, r.usage_type, pool, stored, {"journal sum": journal}))
-    for r in counters:
+    for r in found.counters:
         drifts.append(
             Drift(
                 r.user_id,
@@ -64,6 +67,18 @@ def reconcile(user_id: str | None = None) -> Report:
                 {"journal sum": r.journal_used, "from_subscription sum": r.events_used},
             )
         )
+    for r in found.grants:
+        drifts.append(
+            Drift(
+                r.user_id,
+                r.usage_type,
+                f"grant {r.grant_id}",
+                r.remaining,
+                {"journal sum": r.journal_remaining},
+            )
+        )
+    for r in found.history:
+        drifts.append(Drift(r.user_id, r.usage_type, r.what, r.stored, {"expected": r.expected}))
     return Report(user_id, drifts)
 
 

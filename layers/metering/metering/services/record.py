@@ -6,7 +6,7 @@ from __future__ import annotations
 import decimal
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from uuid import UUID
 
@@ -14,11 +14,13 @@ from metering import reservations
 from metering.api.models import (
     BalanceOut,
     BreakdownOut,
+    PeriodOut,
     UsageRequest,
     UsageResponse,
     compact_json,
     details_json,
 )
+from metering.config import get_settings
 from metering.db import exc
 from metering.db.engine import run_in_transaction, sqlstate
 from metering.db.ledger import (
@@ -35,13 +37,23 @@ from metering.db.ledger import (
 )
 from metering.domain.grouping import group_key, group_of, label_of, measures_of
 from metering.domain.ledger import ZERO, Breakdown, waterfall
-from metering.domain.periods import governing_plan
-from metering.errors import AmountOutOfRange, EventIdConflict, InternalError, MeteringError, check_int64
+from metering.domain.periods import PeriodSpec, charged_period, governing_plan
+from metering.errors import (
+    AmountOutOfRange,
+    EventIdConflict,
+    InternalError,
+    MeteringError,
+    OccurredAtOutOfRange,
+    check_int64,
+)
 from metering.observability import Metric, count, logger
-from metering.services.context import Meter, meter, standing
+from metering.services.context import Meter, meter
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
+
+# api.md section 7: how far ahead of the recording moment `occurred_at` may lie (clock skew)
+FUTURE_SKEW = timedelta(seconds=300)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +66,24 @@ class Outcome:
     balance: Pools | None = None  # and the pools once it is included
     error: MeteringError | None = None
     version: int = 0  # of the (user, usage type) balances once this event is included
+    period: tuple[datetime, datetime] | None = None  # the period that paid
 
     @property
     def retryable(self) -> bool:
         return self.error is not None and self.error.status >= 500
 
     @property
+    def period_out(self) -> PeriodOut | None:
+        return (
+            None
+            if self.period is None
+            else PeriodOut.model_construct(start=self.period[0], end=self.period[1])
+        )
+
+    @property
     def response(self) -> UsageResponse | None:
         """The API's answer, built on demand (after the transaction: never while locks are held)."""
-        if self.breakdown is None or self.balance is None or self.event_id is None:
+        if self.breakdown is None or self.balance is None or self.event_id is None or self.period is None:
             return None
         # built from values this service computed: no validation needed
         return UsageResponse.model_construct(
@@ -71,8 +92,12 @@ class Outcome:
             duplicate=self.status == "duplicate",
             breakdown=breakdown_out(self.breakdown),
             balance=BalanceOut.model_construct(
-                used=self.balance.used, rollover=self.balance.rollover, purchased=self.balance.purchased
+                used=self.balance.used,
+                rollover=self.balance.rollover,
+                purchased=self.balance.purchased,
+                granted=self.balance.granted,
             ),
+            period=PeriodOut.model_construct(start=self.period[0], end=self.period[1]),
         )
 
 
@@ -80,6 +105,7 @@ def breakdown_out(split: Breakdown) -> BreakdownOut:
     return BreakdownOut.model_construct(
         from_subscription=split.from_subscription,
         from_rollover=split.from_rollover,
+        from_grants=split.from_grants,
         from_purchased=split.from_purchased,
         overflow_to_debt=split.overflow_to_debt,
     )
@@ -96,7 +122,9 @@ class _Stored(NamedTuple):
     user_id: str
     usage_type: str
     amount: int
+    occurred_at: datetime | None
     breakdown: Breakdown
+    period: tuple[datetime, datetime]
 
 
 class _Derived(NamedTuple):
@@ -139,20 +167,49 @@ def _exact(number: float) -> decimal.Decimal:
     return decimal.Decimal(number) if isinstance(number, int) else decimal.Decimal(repr(number))
 
 
-type _New = tuple[UsageRequest, Breakdown, "_Pair", _Derived]
+type _New = tuple[UsageRequest, Breakdown, "_Slot", _Derived]
+
+
+@dataclass(slots=True)
+class _Slot:
+    """A locked pair's counter in one period (the current one, or a late event's)."""
+
+    period_id: UUID
+    start: datetime
+    end: datetime
+    limit: int | None
+    used: int
 
 
 @dataclass(slots=True)
 class _Pair:
-    """A locked (user, usage type) while its events are applied: the running pools."""
+    """A locked (user, usage type) while its events are applied: the running pools and grants,
+    and the counters of the periods its events are charged to."""
 
     meter: Meter
-    period_id: UUID
-    limit: int | None
-    used: int
+    state: PairState
     rollover: int
     purchased: int
+    grants: list[list[Any]]  # [grant_id, remaining], soonest expiry first
     version: int
+    slots: dict[datetime, _Slot] = field(default_factory=dict)
+
+    def pools(self, slot: _Slot) -> Pools:
+        return Pools(slot.used, self.rollover, self.purchased, granted=sum(g[1] for g in self.grants))
+
+
+def _out_of_range(event: UsageRequest, now: datetime) -> MeteringError | None:
+    """api.md section 7: `occurred_at` within the grace window back, and 300 s ahead."""
+    moment = event.occurred_at
+    if moment is None:
+        return None
+    grace = get_settings().late_event_grace_seconds
+    if now - timedelta(seconds=grace) <= moment <= now + FUTURE_SKEW:
+        return None
+    return OccurredAtOutOfRange(
+        f"occurred_at: {moment.isoformat()} is outside the accepted window: at most {grace} s before "
+        f"now ({now.isoformat()}) and {int(FUTURE_SKEW.total_seconds())} s after"
+    )
 
 
 def _apply(
@@ -170,6 +227,7 @@ def _apply(
     wanted: dict[Pair, Meter] = {}
     derived: list[_Derived | None] = [None] * len(events)
     groups: dict[Any, tuple[str, str]] = {}
+    moments: set[datetime] = set()
     for i, event in enumerate(events):
         try:
             m = meters.get(event.usage_type) or meters.setdefault(event.usage_type, meter(event.usage_type))
@@ -178,110 +236,147 @@ def _apply(
             continue
         wanted.setdefault((event.user_id, event.usage_type), m)
         derived[i] = _derive(event, m, groups)
+        if event.occurred_at is not None:
+            moments.add(event.occurred_at)
     if not wanted:
         return outcomes
 
     ids = list(dict.fromkeys(e.event_id for e in events))
-    states, rows = lock_pairs(conn, list(wanted), now, ids, skip_locked=only_free)
-    pairs = _open_pairs(conn, {pair: wanted[pair] for pair in states}, states, now)
+    states, rows = lock_pairs(conn, list(wanted), now, ids, moments=sorted(moments), skip_locked=only_free)
+    pairs = {
+        pair: _Pair(
+            wanted[pair],
+            state,
+            state.rollover if wanted[pair].pools else 0,
+            state.purchased if wanted[pair].pools else 0,
+            [[g.grant_id, g.remaining] for g in state.grants] if wanted[pair].pools else [],
+            state.version,
+        )
+        for pair, state in states.items()
+    }
     known = {
         r.event_id: _Stored(
             r.user_id,
             r.usage_type,
             r.amount,
-            Breakdown(r.from_subscription, r.from_rollover, r.from_purchased, r.overflow_to_debt),
+            r.occurred_at,
+            Breakdown(
+                r.from_subscription, r.from_rollover, r.from_purchased, r.overflow_to_debt, r.from_grants
+            ),
+            (r.period_start, r.period_end),
         )
         for r in rows
     }
+    created: dict[tuple[str, datetime], PeriodRow] = {}
     new: list[_New] = []
     for i, event in enumerate(events):
         pair = pairs.get((event.user_id, event.usage_type))
         if outcomes[i] is None and pair is not None:
-            outcomes[i] = _apply_one(event, pair, known, new, derived[i])
+            outcomes[i] = _apply_one(conn, event, pair, known, new, derived[i], now, created)
     if new:
         _write(conn, new, now)
     return outcomes
 
 
-def _open_pairs(
+def _slot(
     conn: Connection,
-    wanted: dict[Pair, Meter],
-    states: dict[Pair, PairState],
-    now: datetime,
-) -> dict[Pair, _Pair]:
-    """The running pools of each locked pair in the period containing `now` (created if missing:
-    one more round trip, once per user and period)."""
-    created: dict[str, PeriodRow] = {}
-    pairs = {}
-    for (user_id, usage_type), m in wanted.items():
-        st = standing(m, states[(user_id, usage_type)], now)
-        period = st.row
-        if period is None:  # nobody has used this period yet (and its counter is 0: we hold the lock)
-            period = created.get(user_id) or created.setdefault(
-                user_id, ensure_period(conn, user_id, st.spec)
-            )
-        state = states[(user_id, usage_type)]
-        pairs[(user_id, usage_type)] = _Pair(
-            m,
-            period.period_id,
-            m.limit(governing_plan(st.spec, period.plan_id)),
-            st.used,
-            state.rollover,
-            state.purchased,
-            st.version,
-        )
-    return pairs
+    user_id: str,
+    pair: _Pair,
+    spec: PeriodSpec,
+    created: dict[tuple[str, datetime], PeriodRow],
+) -> _Slot:
+    """The pair's counter in the period `spec` describes, its row created if missing (one more
+    round trip, once per user and period: nobody has used it yet, and we hold the lock)."""
+    slot = pair.slots.get(spec.start)
+    if slot is None:
+        row, used = pair.state.period(spec)
+        if row is None:
+            row = created.get((user_id, spec.start))
+            if row is None:
+                row = created[(user_id, spec.start)] = ensure_period(conn, user_id, spec)
+        limit = pair.meter.limit(governing_plan(spec, row.plan_id))
+        slot = pair.slots[spec.start] = _Slot(row.period_id, row.start, row.end, limit, used)
+    return slot
 
 
 def _apply_one(
+    conn: Connection,
     event: UsageRequest,
     pair: _Pair,
     known: dict[str, _Stored],
     new: list[_New],
     derived: _Derived | None,
+    now: datetime,
+    created: dict[tuple[str, datetime], PeriodRow],
 ) -> Outcome:
     """One event against its pair's running pools: a duplicate, a conflict, or a new event (whose
-    split is appended to `new` and applied to the running pools)."""
+    split is appended to `new` and applied to the running pools and its period's counter)."""
+    m = pair.meter
     prior = known.get(event.event_id)
     if prior is not None:
-        if (prior.user_id, prior.usage_type, prior.amount) != (event.user_id, event.usage_type, event.amount):
+        if (prior.user_id, prior.usage_type, prior.amount, prior.occurred_at) != (
+            event.user_id,
+            event.usage_type,
+            event.amount,
+            event.occurred_at,
+        ):
             conflict = EventIdConflict(
                 f"event_id: {event.event_id!r} was already recorded with a different user_id, "
-                "usage_type or amount"
+                "usage_type, amount or occurred_at"
             )
             return Outcome(event.event_id, "rejected", error=conflict)
-        pools = Pools(pair.used, pair.rollover, pair.purchased)
+        current = _slot(conn, event.user_id, pair, _period(m, pair, now, now), created)
         return Outcome(
             event.event_id,
             "duplicate",
             prior.breakdown,
-            pools,
+            pair.pools(current),
             version=pair.version,
+            period=prior.period,
         )
-    m = pair.meter
+    slot = _slot(conn, event.user_id, pair, _period(m, pair, event.occurred_at or now, now), created)
     split = (
         waterfall(
             event.amount,
-            limit=pair.limit,
-            used=pair.used,
+            limit=slot.limit,
+            used=slot.used,
             rollover=pair.rollover,
             purchased=pair.purchased,
             pools=m.pools,
+            grants=[(g[0], g[1]) for g in pair.grants],
         )
         if m.billing_enabled
         else ZERO
     )
     try:
-        next_used = check_int64(pair.used + split.from_subscription, "amount")
+        next_used = check_int64(slot.used + split.from_subscription, "amount")
         next_rollover = check_int64(pair.rollover - split.from_rollover - split.overflow_to_debt, "amount")
     except MeteringError as out_of_range:
         return Outcome(event.event_id, "rejected", error=out_of_range)
-    pair.used, pair.rollover, pair.purchased = next_used, next_rollover, pair.purchased - split.from_purchased
-    known[event.event_id] = _Stored(event.user_id, event.usage_type, event.amount, split)
+    slot.used, pair.rollover, pair.purchased = next_used, next_rollover, pair.purchased - split.from_purchased
+    if split.drawn:
+        taken = dict(split.drawn)
+        for g in pair.grants:
+            g[1] -= taken.get(g[0], 0)
+    known[event.event_id] = _Stored(
+        event.user_id, event.usage_type, event.amount, event.occurred_at, split, (slot.start, slot.end)
+    )
     assert derived is not None  # every event with a meter has one
-    new.append((event, split, pair, derived))
-    pools = Pools(pair.used, pair.rollover, pair.purchased)
-    return Outcome(event.event_id, "recorded", split, pools, version=pair.version)
+    new.append((event, split, slot, derived))
+    return Outcome(
+        event.event_id,
+        "recorded",
+        split,
+        pair.pools(slot),
+        version=pair.version,
+        period=(slot.start, slot.end),
+    )
+
+
+def _period(m: Meter, pair: _Pair, moment: datetime, now: datetime) -> PeriodSpec:
+    """The period a usage at `moment`, recorded at `now`, is charged to (`charged_period`)."""
+    stored = [(row.start, row.end, row.plan_id, row.rolled_over) for row, _ in pair.state.periods.values()]
+    return charged_period(pair.state.subscription, moment, now, m.catalog.free_plan.id, stored)
 
 
 @dataclass(slots=True)
@@ -327,8 +422,10 @@ def _write(conn: Connection, new: list[_New], now: datetime) -> None:
             d.details,
             e.reservation_id,
             p.period_id,
+            e.occurred_at,
             s.from_subscription,
             s.from_rollover,
+            s.from_grants,
             s.from_purchased,
             s.overflow_to_debt,
         )
@@ -347,6 +444,7 @@ def _write(conn: Connection, new: list[_New], now: datetime) -> None:
             used=s.from_subscription,
             rollover=-(s.from_rollover + s.overflow_to_debt),
             purchased=-s.from_purchased,
+            grants=tuple((grant_id, -taken) for grant_id, taken in s.drawn),
         )
         for e, s, p, _ in new
     ]
@@ -371,7 +469,16 @@ def record_many(events: list[UsageRequest], now: datetime | None = None) -> list
     caused it fails.
     """
     now = now or datetime.now(UTC)
-    outcomes = _record_set(events, now)
+    rejected = {i: error for i, e in enumerate(events) if (error := _out_of_range(e, now)) is not None}
+    if rejected:
+        accepted = [e for i, e in enumerate(events) if i not in rejected]
+        recorded = iter(_record_set(accepted, now) if accepted else [])
+        outcomes = [
+            Outcome(e.event_id, "rejected", error=rejected[i]) if i in rejected else next(recorded)
+            for i, e in enumerate(events)
+        ]
+    else:
+        outcomes = _record_set(events, now)
     _settle_reservations(events, outcomes)
     _count(outcomes)
     return outcomes

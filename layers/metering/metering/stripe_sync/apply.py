@@ -20,7 +20,7 @@ cleanly. The merge rules that make the order of delivery irrelevant are plain fu
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -28,11 +28,13 @@ from metering.catalog import Catalog, Plan, get_catalog
 from metering.config import get_settings
 from metering.db import ledger, stripe_mirror
 from metering.db.engine import run_in_transaction
+from metering.db.ledger import GrantRow
 from metering.domain import subscriptions as rules
 from metering.domain.ledger import rollover_after_renewal
 from metering.domain.periods import ENTITLED_STATUSES, PeriodKind, PeriodSpec
 from metering.errors import INT64_MAX
 from metering.observability import Metric, count, logger
+from metering.services import grants
 from metering.services.context import locked_standing, meter
 from metering.stripe_sync.objects import (
     CHECKOUT_ASYNC_SUCCEEDED,
@@ -450,6 +452,12 @@ class _Sync:
             self.conn, session.id, user, pack.id, pack.usage_type, session.quantity, amount
         ):
             return OK  # credited already, by the session's other event type
+        if pack.expires_in_days is not None:  # an expiring pack: a grant, from the purchase moment
+            expires_at = _moment(event.created) + timedelta(days=pack.expires_in_days)
+            claimed = GrantRow(f"topup:{session.id}", user, pack.usage_type, amount, 0, expires_at, pack.id)
+            if ledger.claim_grant(self.conn, claimed):
+                grants.credit(self.conn, claimed, reason="topup")
+            return OK
         ledger.post_entry(
             self.conn,
             user_id=user,

@@ -1,7 +1,7 @@
 """`metering openapi`: the HTTP API's OpenAPI document, generated from the handlers themselves.
 
 Every function of template.yaml with HttpApi routes has its handler module imported as Lambda
-would (`devtools.template.load_handler`); its Powertools resolver (`app`) holds the routes with
+would (`metering_dev.template.load_handler`); its Powertools resolver (`app`) holds the routes with
 their request models, parameters and return annotations. Those routes are registered again, on one
 documentation resolver, so that Powertools generates a single document with one set of components.
 While doing so the document is made to say what the service really does:
@@ -32,10 +32,10 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn, HTTPBearer
 
 from metering.api.models import ErrorBody
-from metering.devtools.template import AUTH_IAM, AUTH_JWT, FunctionSpec, functions, load_handler
+from metering_dev.template import AUTH_IAM, AUTH_JWT, FunctionSpec, functions, load_handler
 
 TITLE = "metering"
-REPO_ROOT = Path(__file__).resolve().parents[4]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 DESCRIPTION = """\
 Usage metering and entitlements: check, record, summary, breakdown, stats and Stripe sync.

@@ -1,6 +1,7 @@
 """`metering dev`: serve every HttpApi route of template.yaml on http://127.0.0.1:3000, calling the
-handlers in-process with the events API Gateway (HTTP API, payload format 2.0) would send them, as
-`sam local start-api` would but without Docker.
+handlers in-process with the events API Gateway (HTTP API, payload format 2.0) would send them
+(built by `events.http_event`, as the tests build theirs), as `sam local start-api` would but
+without Docker.
 
 One request at a time (a plain `HTTPServer`), like one warm Lambda container per process; a handler
 module is imported on its route's first request, as at a cold start.
@@ -18,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import base64
-import binascii
 import json
 import logging
 import os
 import re
-import secrets
 import signal
 import sys
 import time
@@ -35,18 +34,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from metering.devtools import embedded
-from metering.devtools.context import LOCAL_ACCOUNT, make_context
-from metering.devtools.template import AUTH_IAM, AUTH_JWT, FunctionSpec, Route, functions, load_handler
+from metering_dev import embedded
+from metering_dev.context import make_context
+from metering_dev.events import http_event, is_binary
+from metering_dev.template import FunctionSpec, Route, functions, load_handler
 
 log = logging.getLogger("metering.dev")
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
-DEV_USER_HEADER = "x-metering-user"
 NOT_FOUND = b'{"message":"Not Found"}'
 INTERNAL_ERROR = b'{"message":"Internal Server Error"}'
-BINARY_TYPES = ("application/octet-stream", "application/zip", "application/pdf")
-BINARY_PREFIXES = ("image/", "audio/", "video/", "multipart/")
 
 # ----------------------------------------------------------------------------------------------
 # environment
@@ -147,67 +144,7 @@ class Router:
 # event
 
 
-def _b64url_json(segment: str) -> Any:
-    return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-
-
-def _claim_str(value: Any) -> str:
-    # HTTP API hands JWT claims to the integration as strings; arrays as "[a b]"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return "[" + " ".join(_claim_str(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
-
-
-def jwt_claims(headers: dict[str, str]) -> dict[str, str] | None:
-    """Claims of the Bearer token (payload decoded, signature NOT verified), else from the dev header."""
-    auth = headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        parts = auth[7:].strip().split(".")
-        if len(parts) == 3:
-            try:
-                payload = _b64url_json(parts[1])
-            except (ValueError, binascii.Error):
-                payload = None
-            if isinstance(payload, dict):
-                return {str(k): _claim_str(v) for k, v in payload.items()}
-    user = headers.get(DEV_USER_HEADER, "").strip()
-    if user:
-        return {"sub": user}
-    return None
-
-
-def iam_authorizer() -> dict[str, Any]:
-    return {
-        "iam": {
-            "accessKey": "ASIALOCALDEVACCESSKEY",
-            "accountId": LOCAL_ACCOUNT,
-            "callerId": "AIDALOCALDEVCALLER",
-            "cognitoIdentity": None,
-            "principalOrgId": None,
-            "userArn": f"arn:aws:iam::{LOCAL_ACCOUNT}:user/local-dev",
-            "userId": "AIDALOCALDEVCALLER",
-        }
-    }
-
-
-def _is_binary(content_type: str, body: bytes) -> bool:
-    ct = content_type.split(";", 1)[0].strip().lower()
-    if ct in BINARY_TYPES or ct.startswith(BINARY_PREFIXES):
-        return True
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError:
-        return True
-    return False
-
-
-def build_event(
+def request_event(
     *,
     method: str,
     target: str,
@@ -219,91 +156,29 @@ def build_event(
     path_parameters: dict[str, str],
     auth: str,
     server_port: int = 3000,
-    now: float | None = None,
 ) -> dict[str, Any]:
-    """The payload-format-2.0 event API Gateway would send for this request."""
-    now = time.time() if now is None else now
+    """The event API Gateway would send for this HTTP request: its parts, as `events.http_event`
+    (the one builder) takes them."""
     split = urlsplit(target)
-    raw_path, raw_query = split.path or "/", split.query
-
-    headers: dict[str, str] = {}
-    cookies: list[str] = []
-    for name, value in header_items:
-        key = name.lower()
-        if key == "cookie":  # cookies move to their own field
-            cookies.extend(c.strip() for c in value.split(";") if c.strip())
-            continue
-        headers[key] = f"{headers[key]},{value}" if key in headers else value
-    # what API Gateway adds (x-forwarded-for gets the caller appended to any value sent)
-    forwarded = headers.get("x-forwarded-for")
-    headers["x-forwarded-for"] = f"{forwarded}, {source_ip}" if forwarded else source_ip
-    headers["x-forwarded-port"] = str(server_port)
-    headers["x-forwarded-proto"] = "http"
-    headers["x-amzn-trace-id"] = f"Root=1-{int(now):08x}-{secrets.token_hex(12)}"
-
-    query: dict[str, str] = {}
-    for pair in raw_query.split("&") if raw_query else []:
-        if not pair:
-            continue
-        k, _, v = pair.partition("=")
-        k, v = unquote(k.replace("+", " ")), unquote(v.replace("+", " "))
-        query[k] = f"{query[k]},{v}" if k in query else v
-
-    host = headers.get("host", "localhost").rsplit(":", 1)[0] or "localhost"
-    request_id = base64.b64encode(secrets.token_bytes(10)).decode()
-    event: dict[str, Any] = {
-        "version": "2.0",
-        "routeKey": route_key,
-        "rawPath": raw_path,
-        "rawQueryString": raw_query,
-    }
-    if cookies:
-        event["cookies"] = cookies
-    event["headers"] = headers
-    if query:
-        event["queryStringParameters"] = query
-    context: dict[str, Any] = {
-        "accountId": LOCAL_ACCOUNT,
-        "apiId": "local",
-    }
-    if auth == AUTH_IAM:
-        context["authorizer"] = iam_authorizer()
-    elif auth == AUTH_JWT:
-        claims = jwt_claims(headers)
-        if claims is not None:
-            context["authorizer"] = {"jwt": {"claims": claims, "scopes": None}}
-    context.update(
-        {
-            "domainName": host,
-            "domainPrefix": host.split(".", 1)[0],
-            "http": {
-                "method": method,
-                "path": raw_path,
-                "protocol": protocol,
-                "sourceIp": source_ip,
-                "userAgent": headers.get("user-agent", ""),
-            },
-            "requestId": request_id,
-            "routeKey": route_key,
-            "stage": "$default",
-            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
-            "timeEpoch": int(now * 1000),
-        }
-    )
-    event["requestContext"] = context
-    if path_parameters:
-        event["pathParameters"] = path_parameters
+    content_type = next((v for k, v in header_items if k.lower() == "content-type"), "")
+    raw_body: str | bytes | None = None
     if body:
-        if _is_binary(headers.get("content-type", ""), body):
-            event["body"] = base64.b64encode(body).decode("ascii")
-            event["isBase64Encoded"] = True
-        else:
-            event["body"] = body.decode("utf-8")
-            event["isBase64Encoded"] = False
-    else:
-        event["isBase64Encoded"] = False
-    event["stageVariables"] = None
-    return event
+        raw_body = body if is_binary(content_type, body) else body.decode("utf-8")
+    return http_event(
+        method,
+        split.path or "/",
+        route_key=route_key,
+        path_parameters=path_parameters,
+        query=split.query,
+        headers=header_items,
+        content_type=None,  # only what the client sent
+        auth=auth,
+        raw_body=raw_body,
+        source_ip=source_ip,
+        protocol=protocol,
+        forwarded_proto="http",
+        forwarded_port=server_port,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -415,7 +290,7 @@ class DevRequestHandler(BaseHTTPRequestHandler):
         if matched is None:
             return HttpResponse(404, json_ct, NOT_FOUND), None
         cr, params = matched
-        event = build_event(
+        event = request_event(
             method=self.command,
             target=self.path,
             protocol=self.request_version,

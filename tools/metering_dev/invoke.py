@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from metering.devtools.context import make_context
-from metering.devtools.template import FunctionSpec, functions, load_handler
+from metering_dev.context import make_context
+from metering_dev.template import FunctionSpec, functions, load_handler
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +69,7 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 
 def _invoke(args: argparse.Namespace, spec: FunctionSpec, event: Any) -> tuple[bool, str]:
-    from metering.devtools.devserver import prepare_backends, set_powertools_defaults
+    from metering_dev.devserver import prepare_backends, set_powertools_defaults
 
     if not os.environ.get("DATABASE_URL", "").strip():
         for line in prepare_backends(Path(args.state_dir)):

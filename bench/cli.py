@@ -341,6 +341,8 @@ def build_rows(results: dict[str, Any], procs: list[int]) -> list[dict[str, Any]
             )
     cold = results.get("cold_start")
     if cold:
+        for name, r in cold.get("interpreter_startup", {}).items():
+            rows.append(row(f"start-up of a bare `{name}`", r["ms"], "ms", target="beside the imports"))
         for name, r in cold["with_pyc"].items():
             target = cold["targets_ms"][name]
             if "error" in r:
@@ -449,22 +451,28 @@ def _range(d: dict[str, float]) -> str:
 
 
 def cold_start_table(cold: dict[str, Any]) -> str:
+    startup = cold.get("interpreter_startup", {})
+    bare = "; ".join(f"{name}: {r['ms']:.0f} ms (min {r['min_ms']:.0f})" for name, r in startup.items())
     lines = [
         f"cold start ({cold['method']}; median of {cold['runs']} with .pyc, "
         f"{cold['runs_without_pyc']} without; interpreter alone "
-        f"{cold['interpreter_baseline_maxrss_mb']:.0f} MB):"
+        f"{cold['interpreter_baseline_maxrss_mb']:.0f} MB):",
+        f"  bare interpreter start-up, same rounds (whole process): {bare or '?'}",
+        "  import = wall ms inside the process (min, CPU ms); first use = the import, after the "
+        "handler's, of what its first request imports: " + ", ".join(cold.get("first_use", [])),
+        f"  {'handler':<16}{'import ms':>10}{'min':>6}{'CPU':>6}{'first use':>10}"
+        f"{'no .pyc':>9}{'RSS MB':>8}  runtime-provided modules imported",
     ]
-    lines.append(
-        f"  {'handler':<16}{'.pyc ms':>9}{'no .pyc ms':>12}{'RSS MB':>8}  runtime-provided modules imported"
-    )
     for name, r in cold["with_pyc"].items():
         if "error" in r:
             lines.append(f"  {name:<16} import failed: {r['error']}")
             continue
         nopyc = cold["without_pyc"].get(name, {}).get("import_ms")
         lines.append(
-            f"  {name:<16}{r['import_ms']:>9.0f}{(nopyc or 0):>12.0f}{r['maxrss_mb']:>8.0f}  "
-            f"{', '.join(r['from_runtime_fallback']) or '-'}"
+            f"  {name:<16}{r['import_ms']:>10.0f}{r.get('import_min_ms', 0):>6.0f}"
+            f"{r.get('import_cpu_ms', 0):>6.0f}"
+            f"{r.get('first_use_ms', 0):>10.0f}{(nopyc or 0):>9.0f}"
+            f"{r['maxrss_mb']:>8.0f}  {', '.join(r['from_runtime_fallback']) or '-'}"
         )
     if cold["missing_handlers"]:
         lines.append(f"  skipped (no app.py): {', '.join(cold['missing_handlers'])}")

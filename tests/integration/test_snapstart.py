@@ -51,6 +51,21 @@ print(json.dumps(registered()))
 """
 )
 
+# init, then the runtime's before-snapshot hooks: which of what the first request imports is then loaded
+_INIT_THEN_SNAPSHOT = (
+    _RUNTIME
+    + r"""
+import importlib
+from metering.snapstart import FIRST_USE
+importlib.import_module(sys.argv[1])
+at_init = [name for name in FIRST_USE if name in sys.modules]
+for f, a, k in hooks["before"]:
+    f(*a, **k)
+print(json.dumps({"at_init": at_init, "in_snapshot": [name for name in FIRST_USE if name in sys.modules],
+                  "first_use": list(FIRST_USE)}))
+"""
+)
+
 _SERVE_RESTORE_SERVE = (
     _RUNTIME
     + r"""
@@ -127,6 +142,7 @@ def _run(script: str, *args: str) -> Any:
 
 
 HOOK = "metering.snapstart.after_restore"
+BEFORE = "metering.snapstart.before_snapshot"
 
 
 @pytest.mark.parametrize(
@@ -140,7 +156,16 @@ HOOK = "metering.snapstart.after_restore"
     ],
 )
 def test_every_handler_registers_the_hook_at_init(module: str) -> None:
-    assert _run(_IMPORT_ONLY, module) == {"before": [], "after": [HOOK]}
+    assert _run(_IMPORT_ONLY, module) == {"before": [BEFORE], "after": [HOOK]}
+
+
+@pytest.mark.parametrize("module", ["functions.check.app", "functions.stripe_webhook.app"])
+def test_the_snapshot_holds_what_the_first_request_would_import(module: str) -> None:
+    # the handler's import leaves SQLAlchemy, PyYAML, pg8000 and redis to its first request; with
+    # SnapStart the before-snapshot hook imports them, so a restored environment does not
+    out = _run(_INIT_THEN_SNAPSHOT, module)
+    assert out["at_init"] == []
+    assert out["in_snapshot"] == out["first_use"]
 
 
 def test_a_restore_drops_pooled_connections_and_clients_then_serves_on_new_ones(
@@ -151,7 +176,7 @@ def test_a_restore_drops_pooled_connections_and_clients_then_serves_on_new_ones(
 
     out = _run(_SERVE_RESTORE_SERVE)
 
-    assert out["hooks"] == {"before": [], "after": [HOOK]}
+    assert out["hooks"] == {"before": [BEFORE], "after": [HOOK]}
     status, first = out["first"]
     assert status == 200 and first["allowed"] is True and first["reservations_counted"] is True, first
     # before the restore: one pooled connection to each server, open
@@ -199,7 +224,8 @@ def test_register_needs_the_lambda_runtime(monkeypatch: pytest.MonkeyPatch) -> N
 
     registered: list[Any] = []
     runtime = types.ModuleType("snapshot_restore_py")
+    runtime.register_before_snapshot = registered.append  # type: ignore[attr-defined]
     runtime.register_after_restore = registered.append  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "snapshot_restore_py", runtime)
     assert snapstart.register() is True
-    assert registered == [snapstart.after_restore]
+    assert registered == [snapstart.before_snapshot, snapstart.after_restore]

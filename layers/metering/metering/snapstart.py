@@ -12,18 +12,32 @@ drops, before the first request of a restored environment:
   identically (uuid4 and `secrets` read os.urandom on every call and need nothing).
 RDS IAM tokens are never cached: each new connection signs its own.
 
+Before the snapshot, `before_snapshot` imports what the handlers' imports leave to their first
+request (`FIRST_USE`: SQLAlchemy, its pg8000 dialect, pg8000, PyYAML, redis; metering.db.exc says
+why), so that the snapshot holds them and no restored environment pays for them. Importing them
+opens nothing.
+
 The handlers import no such state at init today (no connection, no client, no fetch at import),
 so the hook is what keeps that true whatever an init does. It acts only on modules already
 imported: no other module can hold such state, and restoring must not import anything.
 
-`register()` hands the hook to the runtime's `snapshot_restore_py` (part of Lambda's Python
+`register()` hands both hooks to the runtime's `snapshot_restore_py` (part of Lambda's Python
 runtimes, absent elsewhere); `metering.observability`, which every handler imports at init, calls it.
 """
 
 from __future__ import annotations
 
+import importlib
 import random
 import sys
+
+# imported by a handler's first request, not by its import (tests/unit/test_cold_imports.py)
+FIRST_USE = ("sqlalchemy", "sqlalchemy.dialects.postgresql.pg8000", "pg8000", "yaml", "redis")
+
+
+def before_snapshot() -> None:
+    for name in FIRST_USE:
+        importlib.import_module(name)
 
 
 def after_restore() -> None:
@@ -48,10 +62,12 @@ def after_restore() -> None:
 
 
 def register() -> bool:
-    """Register `after_restore` with the Lambda runtime; False where there is no such runtime."""
+    """Register `before_snapshot` and `after_restore` with the Lambda runtime; False where there is
+    no such runtime."""
     try:
-        from snapshot_restore_py import register_after_restore
+        from snapshot_restore_py import register_after_restore, register_before_snapshot
     except ImportError:
         return False
+    register_before_snapshot(before_snapshot)
     register_after_restore(after_restore)
     return True

@@ -64,11 +64,11 @@ PositiveAmount = Annotated[StrictInt, Field(ge=1, le=INT64_MAX)]
 
 
 class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Response(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
 
 class ReservationRequest(Request):

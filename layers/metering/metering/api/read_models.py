@@ -69,7 +69,7 @@ class UsageTypeBreakdownOut(Response):
 
 
 class BreakdownResponse(Response):
-    model_config = ConfigDict(frozen=True, populate_by_name=True)
+    model_config = ConfigDict(frozen=True, populate_by_name=True, defer_build=True)
 
     user_id: str
     from_: datetime = Field(alias="from", description="start of the window (inclusive)")

@@ -14,9 +14,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -31,6 +30,9 @@ from pydantic_core import PydanticCustomError
 
 from metering.config import get_settings
 from metering.errors import INT64_MAX
+
+if TYPE_CHECKING:  # PyYAML is imported when a catalog is read, not when this module is
+    import yaml
 
 DEFAULT_CATALOG = Path(__file__).with_name("default.yaml")
 
@@ -406,48 +408,48 @@ def _duplicates(what: str, entries: Iterable[tuple[str, str]]) -> list[str]:
 # --- YAML ------------------------------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reports every duplicate mapping key (PyYAML silently keeps the last)."""
+def _duplicate_keys(node: yaml.Node) -> list[str]:
+    """Every duplicate mapping key under `node` (PyYAML's SafeLoader silently keeps the last)."""
+    import yaml
 
-    def duplicate_keys(self, node: yaml.Node) -> list[str]:
-        problems: list[str] = []
-        seen: set[int] = set()
+    problems: list[str] = []
+    seen: set[int] = set()
 
-        def walk(node: yaml.Node, path: str) -> None:
-            if id(node) in seen:  # aliases may point back up the tree
-                return
-            seen.add(id(node))
-            if isinstance(node, yaml.MappingNode):
-                keys: dict[tuple[str, str], int] = {}
-                for key_node, value_node in node.value:
-                    if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                        key = (key_node.tag, key_node.value)
-                        line = key_node.start_mark.line + 1
-                        where = f"{path}.{key_node.value}" if path else key_node.value
-                        if key in keys:
-                            problems.append(
-                                f"{where}: duplicate key (line {line}, first at line {keys[key]})"
-                            )
-                        else:
-                            keys[key] = line
-                        walk(value_node, where)
+    def walk(node: yaml.Node, path: str) -> None:
+        if id(node) in seen:  # aliases may point back up the tree
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: dict[tuple[str, str], int] = {}
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    key = (key_node.tag, key_node.value)
+                    line = key_node.start_mark.line + 1
+                    where = f"{path}.{key_node.value}" if path else key_node.value
+                    if key in keys:
+                        problems.append(f"{where}: duplicate key (line {line}, first at line {keys[key]})")
                     else:
-                        walk(value_node, path)
-            elif isinstance(node, yaml.SequenceNode):
-                for index, item in enumerate(node.value):
-                    walk(item, f"{path}[{index}]")
+                        keys[key] = line
+                    walk(value_node, where)
+                else:
+                    walk(value_node, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, f"{path}[{index}]")
 
-        walk(node, "")
-        return problems
+    walk(node, "")
+    return problems
 
 
 def _read_yaml(text: str, source: str) -> Any:
-    loader = _Loader(text)
+    import yaml
+
+    loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
-        duplicates = loader.duplicate_keys(node)
+        duplicates = _duplicate_keys(node)
         if duplicates:
             raise CatalogError(source, duplicates)
         return loader.construct_document(node)

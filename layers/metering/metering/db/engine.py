@@ -12,17 +12,18 @@ is pg8000 with pipelined statements (`metering.db.wire`): one round trip per sta
 from __future__ import annotations
 
 import select
-import ssl
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
-from typing import Any, NoReturn
-
-from sqlalchemy import URL, Connection, Engine, create_engine, event, exc
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from metering.config import ConfigurationError, Settings, get_settings
+from metering.db import exc
 from metering.errors import NotConfigured, Unavailable
+
+if TYPE_CHECKING:  # SQLAlchemy is imported by the first `get_engine()` (metering.db.exc says why)
+    from sqlalchemy import URL, Connection, Engine
 
 # SQLSTATEs after which a whole transaction may simply run again.
 # serialization_failure, deadlock_detected, and unique_violation: every insert of this service
@@ -45,6 +46,8 @@ def database_url(settings: Settings) -> str | URL:
     if settings.database_url:
         return settings.database_url
     if settings.db_host:
+        from sqlalchemy import URL
+
         return URL.create(
             "postgresql+pg8000",
             username=settings.db_user,
@@ -58,6 +61,10 @@ def database_url(settings: Settings) -> str | URL:
 
 
 def build_engine(settings: Settings) -> Engine:
+    import ssl
+
+    from sqlalchemy import create_engine
+
     from metering.db.wire import dbapi
 
     url = database_url(settings)
@@ -85,6 +92,8 @@ def build_engine(settings: Settings) -> Engine:
 
 
 def _install_idle_ping(engine: Engine, idle_s: float) -> None:
+    from sqlalchemy import event
+
     @event.listens_for(engine, "checkin")
     def _mark_idle(dbapi_conn: Any, record: Any) -> None:
         record.info["idle_since"] = time.monotonic()
@@ -120,6 +129,7 @@ def _hung_up(dbapi_conn: Any) -> bool:
 
 def _install_iam_token(engine: Engine, settings: Settings) -> None:
     """A fresh RDS IAM token (valid 15 min) for every physical connection, never at import."""
+    from sqlalchemy import event
 
     @event.listens_for(engine, "do_connect")
     def _token(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
@@ -129,6 +139,8 @@ def _install_iam_token(engine: Engine, settings: Settings) -> None:
 
 
 def _install_secret_credentials(engine: Engine, secret_arn: str) -> None:
+    from sqlalchemy import event
+
     @event.listens_for(engine, "do_connect")
     def _credentials(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
         from aws_lambda_powertools.utilities import parameters

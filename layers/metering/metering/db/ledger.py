@@ -14,13 +14,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
-
-from sqlalchemy import Connection
 
 from metering.db.sql import Statement, fetch, first, one, queue, rows
 from metering.domain.periods import PeriodSpec, SubscriptionState
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 type Pair = tuple[str, str]  # (user_id, usage_type)
 

@@ -7,14 +7,15 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
-
-from sqlalchemy import Connection
+from typing import TYPE_CHECKING, Any
 
 from metering.catalog import UsageType
 from metering.db.ledger import subscription_state
 from metering.db.sql import Statement, first, rows
 from metering.domain.periods import SubscriptionState
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 _CURRENT_SUBSCRIPTION = Statement("SELECT * FROM metering.current_subscriptions WHERE user_id = :user_id")
 

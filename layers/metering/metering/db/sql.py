@@ -14,9 +14,12 @@ import re
 from collections import namedtuple
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, exc
+from metering.db import exc
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 # SQLAlchemy's own rule for text() bind names: `:name`, but not `::type` casts
 _BIND = re.compile(r"(?<![:\w\x5c]):(\w+)(?!:)")

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from sqlalchemy import Connection
-
 from metering.db.sql import Statement, first, one, queue, rows
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 # --- event ids ----------------------------------------------------------------------------------------
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-
-from sqlalchemy import Connection
+from typing import TYPE_CHECKING
 
 from metering.api.models import AdjustmentRequest, AdjustmentResponse, BalanceOut
 from metering.db import ledger
@@ -14,6 +13,9 @@ from metering.db.ledger import Pools
 from metering.errors import AdjustmentIdConflict, InsufficientBalance, PoolsNotSupported, check_int64
 from metering.services import alerts
 from metering.services.context import locked_standing, meter
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-
-from sqlalchemy import Connection
+from typing import TYPE_CHECKING
 
 from metering.catalog import Catalog, Plan, UsageType, get_catalog
 from metering.config import get_settings
@@ -15,6 +14,9 @@ from metering.db.ledger import PairState, PeriodRow, Pools, lock_pairs
 from metering.domain.ledger import available, remaining
 from metering.domain.periods import PeriodSpec, governing_plan, resolve_period
 from metering.errors import UnknownUsageType
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-
-from sqlalchemy import Connection
+from typing import TYPE_CHECKING
 
 from metering.api.models import BalanceOut, GrantOut, GrantRequest, GrantResponse
 from metering.db import ledger
@@ -22,6 +21,9 @@ from metering.db.ledger import GrantRow
 from metering.errors import BadInput, GrantIdConflict, PoolsNotSupported
 from metering.services import alerts
 from metering.services.context import Standing, locked_standing, meter
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,7 @@ and no period row is created (the check and record create them when they need th
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from sqlalchemy import Connection
+from typing import TYPE_CHECKING, Any
 
 from metering import reservations
 from metering.api.read_models import (
@@ -42,6 +40,9 @@ from metering.domain.periods import SubscriptionState, resolve_period
 from metering.domain.subscriptions import is_canceling
 from metering.errors import BadInput
 from metering.services.context import meter, standing
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 MAX_WINDOW = timedelta(days=366)
 

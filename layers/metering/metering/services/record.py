@@ -7,10 +7,8 @@ import decimal
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from uuid import UUID
-
-from sqlalchemy import Connection, exc
 
 from metering import reservations
 from metering.api.models import (
@@ -23,6 +21,7 @@ from metering.api.models import (
     details_json,
 )
 from metering.config import get_settings
+from metering.db import exc
 from metering.db.engine import run_in_transaction, sqlstate
 from metering.db.ledger import (
     Entry,
@@ -50,6 +49,9 @@ from metering.errors import (
 from metering.observability import Metric, count, logger
 from metering.services import alerts
 from metering.services.context import Meter, meter
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 # api.md section 7: how far ahead of the recording moment `occurred_at` may lie (clock skew)
 FUTURE_SKEW = timedelta(seconds=300)

@@ -21,10 +21,8 @@ cleanly. The merge rules that make the order of delivery irrelevant are plain fu
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
-
-from sqlalchemy import Connection
 
 from metering.catalog import Catalog, Plan, get_catalog
 from metering.config import get_settings
@@ -59,6 +57,9 @@ from metering.stripe_sync.objects import (
     parse_invoice,
     parse_subscription,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 # Outcomes: the webhook answers them, and stripe_events.outcome stores them. `pending` (kept until a
 # checkout session links the event's customer or subscription to a user) is answered `ignored`.

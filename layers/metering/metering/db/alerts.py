@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
-from sqlalchemy import Connection
-
 from metering.db.sql import Statement, queue, rows
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 
 class Crossing(NamedTuple):

@@ -21,10 +21,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from uuid import UUID
-
-from sqlalchemy import Connection
 
 from metering.db.alerts import Crossing, insert_crossed
 from metering.db.ledger import Pair, PairState
@@ -32,6 +30,9 @@ from metering.domain import alerts as rules
 from metering.domain.alerts import Level
 from metering.errors import UnknownUsageType
 from metering.services.context import Meter, Standing, meter, standing
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 
 class Slot(Protocol):

@@ -555,7 +555,13 @@ def _as_list(value: Any) -> list[Any]:
 def _grants(template: dict[str, Any], props: dict[str, Any]) -> set[tuple[str, str]]:
     """(action, resource) pairs a function's own Policies grant (local managed policies resolved)."""
     grants = set()
+    policies = []
     for policy in props.get("Policies", []):
+        if isinstance(policy, dict) and set(policy) == {"Fn::If"}:  # a grant that a parameter turns on
+            policies += [branch for branch in policy["Fn::If"][1:] if branch != {"Ref": "AWS::NoValue"}]
+        else:
+            policies.append(policy)
+    for policy in policies:
         assert isinstance(policy, dict), f"AWS managed or named policy {policy!r}: grant statements instead"
         if set(policy) == {"Ref"}:
             target = template["Resources"][policy["Ref"]]
@@ -598,6 +604,26 @@ NEEDS = {  # function -> exactly what its code calls, on exactly which resource
     "StripeWebhookFunction": {
         DB_CONNECT,
         ("secretsmanager:GetSecretValue", json.dumps({"Ref": "StripeWebhookSecretArn"})),
+    },
+    "AlertDeliveryFunction": {
+        DB_CONNECT,
+        (  # the one alert bus: the stack's own, or the one named by AlertEventBusName
+            "events:PutEvents",
+            json.dumps(
+                {
+                    "Fn::If": [
+                        "CreateAlertEventBus",
+                        {"Fn::GetAtt": ["AlertEventBus", "Arn"]},
+                        {
+                            "Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}"
+                            ":event-bus/${AlertEventBusName}"
+                        },
+                    ]
+                },
+                sort_keys=True,
+            ),
+        ),
+        ("secretsmanager:GetSecretValue", json.dumps({"Ref": "AlertWebhookSecretArn"})),  # when given
     },
 }
 

@@ -99,10 +99,8 @@ class AlertRow(NamedTuple):
     delivered_at: datetime | None
 
 
-_COLUMNS = ", ".join(AlertRow._fields)
-
 _CLAIM = Statement(
-    f"""
+    """
     UPDATE alerts a SET attempts = a.attempts + 1, next_attempt_at = :lease_until
     FROM (SELECT id FROM alerts
           WHERE state = 'pending' AND next_attempt_at <= :now
@@ -110,7 +108,9 @@ _CLAIM = Statement(
           LIMIT :limit
           FOR UPDATE SKIP LOCKED) AS due
     WHERE a.id = due.id
-    RETURNING {", ".join(f"a.{name}" for name in AlertRow._fields)}
+    RETURNING a.id, a.user_id, a.alert_id, a.usage_type, a.period_start, a.period_end, a.threshold,
+        a.used, a.allowance, a.available, a.occurred_at, a.state, a.attempts, a.next_attempt_at,
+        a.last_error, a.event_sent_at, a.webhook_sent_at, a.delivered_at
     """
 )
 
@@ -182,8 +182,11 @@ def settle(conn: Connection, now: datetime, settlements: Sequence[Settlement]) -
 # --- operators -----------------------------------------------------------------------------------------
 
 _LIST = Statement(
-    f"""
-    SELECT {_COLUMNS} FROM alerts
+    """
+    SELECT a.id, a.user_id, a.alert_id, a.usage_type, a.period_start, a.period_end, a.threshold,
+        a.used, a.allowance, a.available, a.occurred_at, a.state, a.attempts, a.next_attempt_at,
+        a.last_error, a.event_sent_at, a.webhook_sent_at, a.delivered_at
+    FROM alerts a
     WHERE state = :state AND (CAST(:user_id AS text) IS NULL OR user_id = :user_id)
     ORDER BY occurred_at, id LIMIT :limit
     """

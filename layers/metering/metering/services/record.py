@@ -193,7 +193,8 @@ class _Pair:
     purchased: int
     grants: list[list[Any]]  # [grant_id, remaining], soonest expiry first
     version: int
-    slots: dict[datetime, _Slot] = field(default_factory=dict)
+    slots: dict[datetime, _Slot] = field(default_factory=dict)  # by period start
+    periods: dict[datetime, PeriodSpec] = field(default_factory=dict)  # by moment: `_period`'s answers
 
     def pools(self, slot: _Slot) -> Pools:
         return Pools(slot.used, self.rollover, self.purchased, granted=sum(g[1] for g in self.grants))
@@ -377,9 +378,15 @@ def _apply_one(
 
 
 def _period(m: Meter, pair: _Pair, moment: datetime, now: datetime) -> PeriodSpec:
-    """The period a usage at `moment`, recorded at `now`, is charged to (`charged_period`)."""
-    stored = [(row.start, row.end, row.plan_id, row.rolled_over) for row, _ in pair.state.periods.values()]
-    return charged_period(pair.state.subscription, moment, now, m.catalog.free_plan.id, stored)
+    """The period a usage at `moment`, recorded at `now`, is charged to (`charged_period`): worked
+    out once per pair and moment, as a set's events mostly share both."""
+    spec = pair.periods.get(moment)
+    if spec is None:
+        rows = pair.state.periods.values()
+        stored = [(row.start, row.end, row.plan_id, row.rolled_over) for row, _ in rows]
+        free = m.catalog.free_plan.id
+        spec = pair.periods[moment] = charged_period(pair.state.subscription, moment, now, free, stored)
+    return spec
 
 
 @dataclass(slots=True)

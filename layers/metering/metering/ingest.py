@@ -17,11 +17,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from metering.api.http import describe_validation_errors
-from metering.api.models import BatchResponse, BatchResult, ErrorOut, UsageRequest
+from metering.api.models import BatchResponse, UsageRequest
 from metering.config import get_settings
 from metering.errors import BadInput, MeteringError, PayloadTooLarge
 from metering.observability import Metric, count, logger
-from metering.services.record import Outcome, breakdown_out, record_many
+from metering.services.record import Outcome, record_many
 
 NOT_JSON = object()  # stands for a queue message whose body is not JSON at all
 
@@ -59,19 +59,20 @@ def record_raw(items: list[Any]) -> list[Outcome]:
 
 
 def batch_results(items: list[Any]) -> BatchResponse:
-    results = []
-    for outcome in record_raw(items):
-        split, error = outcome.breakdown, outcome.error
-        results.append(
-            BatchResult(
-                event_id=outcome.event_id,
-                status=outcome.status,
-                breakdown=breakdown_out(split) if split else None,
-                period=outcome.period_out,
-                error=ErrorOut(code=error.code, message=error.message) if error else None,
-            )
-        )
-    return BatchResponse(results=results)
+    # Validated from plain dicts: pydantic-core builds a batch's 500 results in less than half the
+    # time that model_construct takes in Python (bench: the HTTP batch's client CPU per event).
+    return BatchResponse.model_validate({"results": [_result(outcome) for outcome in record_raw(items)]})
+
+
+def _result(outcome: Outcome) -> dict[str, Any]:
+    split, period, error = outcome.breakdown, outcome.period, outcome.error
+    return {
+        "event_id": outcome.event_id,
+        "status": outcome.status,
+        "breakdown": split.as_dict() if split else None,
+        "period": {"start": period[0], "end": period[1]} if period else None,
+        "error": {"code": error.code, "message": error.message} if error else None,
+    }
 
 
 # --- SQS -----------------------------------------------------------------------------------------

@@ -277,6 +277,7 @@ class Catalog(BaseModel):
     _packs: dict[str, Pack] = PrivateAttr(default_factory=dict)
     _pack_prices: dict[str, Pack] = PrivateAttr(default_factory=dict)
     _alerts: dict[str, tuple[Alert, ...]] = PrivateAttr(default_factory=dict)
+    _free: Plan | None = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any, /) -> None:
         self._plans = {plan.id: plan for plan in self.plans}
@@ -287,11 +288,14 @@ class Catalog(BaseModel):
             kind: tuple(alert for alert in self.alerts if alert.usage_type == kind)
             for kind in {alert.usage_type for alert in self.alerts}
         }
+        self._free = next((plan for plan in self.plans if plan.free), None)
 
     @property
     def free_plan(self) -> Plan:
         """The plan of everyone without an entitled subscription (exactly one, checked at load)."""
-        return next(plan for plan in self.plans if plan.free)
+        if self._free is None:
+            raise ValueError("the catalog has no free plan")
+        return self._free
 
     def plan(self, plan_id: str) -> Plan:
         try:

@@ -74,14 +74,6 @@ class Outcome:
         return self.error is not None and self.error.status >= 500
 
     @property
-    def period_out(self) -> PeriodOut | None:
-        return (
-            None
-            if self.period is None
-            else PeriodOut.model_construct(start=self.period[0], end=self.period[1])
-        )
-
-    @property
     def response(self) -> UsageResponse | None:
         """The API's answer, built on demand (after the transaction: never while locks are held)."""
         if self.breakdown is None or self.balance is None or self.event_id is None or self.period is None:

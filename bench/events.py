@@ -17,11 +17,13 @@ RECORD_DETAILS = {"voice_slug": "aria", "model_slug": "v2", "voice_name": "Aria"
 CHECK_TYPE = "server_kokoro"  # free plan limit 1000 in the test catalog: a check that is granted
 
 
-def usage_body(event_id: str, user_id: str, amount: int = 10) -> dict[str, Any]:
+def usage_body(
+    event_id: str, user_id: str, amount: int = 10, usage_type: str = RECORD_TYPE
+) -> dict[str, Any]:
     return {
         "event_id": event_id,
         "user_id": user_id,
-        "usage_type": RECORD_TYPE,
+        "usage_type": usage_type,
         "amount": amount,
         "reference_id": "doc-1",
         "details": RECORD_DETAILS,

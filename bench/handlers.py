@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = ROOT / "functions"
 TEST_CATALOG = ROOT / "tests" / "fixtures" / "catalog.yaml"
+# The bench's catalog: the test catalog plus alerts (issue 19), so that every record evaluates the
+# alerts of its type. The records the bench times cross none of them (premium_voice: the free
+# plan's allowance is 0, so the percentages are skipped and `available` stays 0); "record crossing
+# an alert" in the round-trip section crosses kokoro_80 (900 of a new user's free 1000).
+BENCH_ALERTS = [
+    {"id": "voice_80", "usage_type": "premium_voice", "at_percent": 80},
+    {"id": "voice_100", "usage_type": "premium_voice", "at_percent": 100},
+    {"id": "voice_out", "usage_type": "premium_voice", "when": "available_depleted"},
+    {"id": "kokoro_80", "usage_type": "server_kokoro", "at_percent": 80},
+]
 
 # Set before anything imports Powertools.
 SERVICE_ENV = {
@@ -36,12 +47,23 @@ SERVICE_ENV = {
 _loaded: dict[str, ModuleType] = {}
 
 
+def bench_catalog() -> Path:
+    """The test catalog with `BENCH_ALERTS`, written to the temporary directory (never the repo)."""
+    import yaml
+
+    catalog = yaml.safe_load(TEST_CATALOG.read_text())
+    catalog["alerts"] = [*catalog.get("alerts", []), *BENCH_ALERTS]
+    path = Path(tempfile.gettempdir()) / f"metering-bench-catalog-{os.getuid()}.yaml"
+    path.write_text(yaml.safe_dump(catalog, sort_keys=False))
+    return path
+
+
 def service_env(database_url: str, redis_url: str) -> dict[str, str]:
     return {
         **SERVICE_ENV,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
-        "METERING_CATALOG": str(TEST_CATALOG),
+        "METERING_CATALOG": str(bench_catalog()),
     }
 
 

@@ -94,6 +94,16 @@ def record_latency(calls: int, warmup: int, users: list[str]) -> dict[str, float
     return {**latency_summary(samples), "client_cpu_ms_per_call": cpu * 1000 / calls}
 
 
+def _each_wrote_one_alert(users: list[str], alert_id: str) -> None:
+    """The crossing records did write their alert (outside the counted calls)."""
+    from metering.services.alert_delivery import list_alerts
+
+    for user in users:
+        written = [a.alert_id for a in list_alerts(state="pending", user_id=user)]
+        if written != [alert_id]:
+            raise RuntimeError(f"{user}: expected one {alert_id} alert, found {written}")
+
+
 def round_trips(users: list[str], samples: int = 20, batch_samples: int = 2) -> dict[str, Any]:
     """Round trips per operation: (min, max, mean) over `samples` warm calls, and per SQL statement
     (grouped by kind): how many per call, round trips each, and the mean time from execute to
@@ -179,6 +189,17 @@ def round_trips(users: list[str], samples: int = 20, batch_samples: int = 2) -> 
         record,
         ok(201),
     )
+    # 900 of a new user's free 1000 server_kokoro: crosses the bench catalog's kokoro_80 alert
+    crossing = lambda i: f"alert-{run}-{i}"  # noqa: E731
+    measure(
+        "record crossing an alert (first event of a new user)",
+        lambda i: events.http_event(
+            "POST", "/v1/usage", events.usage_body(f"rta-{run}-{i}", crossing(i), 900, events.CHECK_TYPE)
+        ),
+        record,
+        ok(201),
+    )
+    _each_wrote_one_alert([crossing(i) for i in range(-1, samples)], "kokoro_80")
     measure(
         "record with reservation_id",
         lambda i: events.http_event(

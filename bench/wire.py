@@ -168,10 +168,10 @@ _ROUTINE = re.compile(r"\bmetering\.(\w+)\(")
 
 def statement_label(sql: str) -> str:
     """A short name for a statement: the routine it calls (`metering.lock_pairs_v1` ->
-    `lock_pairs_v1`), else its first words."""
+    `lock_pairs_v1`), else its words up to a column list (`INSERT INTO alerts`)."""
     words = " ".join(sql.split())
     found = _ROUTINE.search(words)
-    return found.group(1) if found else words[:40]
+    return found.group(1) if found else words.split(" (")[0][:40]
 
 
 def calibrate(admin_url: str, redis_url: str) -> dict[str, int]:

@@ -109,3 +109,33 @@ def test_cpu_account_gives_medians_over_the_paired_repeats():
     assert target_ratio("HTTP batch of 500") == 2.0 and target_ratio("single, hot user") == 0.5
     line = cpu_line({"target_ratio": 0.5, "cpu": account})
     assert "0.5x needs ≤ 1.33 ms/event on 2 cores" in line and "at most 0.62x" in line
+
+
+def test_the_bench_catalog_has_alerts_its_timed_records_never_cross():
+    """Issue 19's bench figure rests on this: every timed record evaluates alerts on its type, and
+    none crosses them (free plan allowance 0: percentages skipped, available stays 0)."""
+    from bench import events, handlers
+    from metering.catalog.model import load_catalog
+
+    catalog = load_catalog(handlers.bench_catalog())
+    assert [a.id for a in catalog.alerts_for(events.RECORD_TYPE)] == ["voice_80", "voice_100", "voice_out"]
+    assert catalog.free_plan.limits[events.RECORD_TYPE] == 0
+    assert [a.id for a in catalog.alerts_for(events.CHECK_TYPE)] == ["kokoro_80"]
+    assert handlers.bench_catalog().parent != handlers.ROOT / "tests"  # never written into the repo
+
+
+def test_alert_rows_compare_each_record_with_the_same_record_without_alerts():
+    from bench.cli import build_rows
+
+    def ops(pg: int) -> dict:
+        return {"pg": {"min": pg, "max": pg, "mean": pg}, "redis": {"min": 0, "max": 0, "mean": 0}}
+
+    rt = {
+        "record (new event)": ops(2),
+        "record (first event of a new user)": ops(3),
+        "record crossing an alert (first event of a new user)": ops(4),
+    }
+    rows = {r["figure"]: r for r in build_rows({"round_trips": rt}, [])}
+    assert rows["record, alerts configured, none crossed: DB round trips"]["met"] is True
+    crossing = rows["record crossing an alert: DB round trips"]
+    assert crossing["ours"] == 4 and crossing["met"] is False

@@ -11,9 +11,9 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from metering.api.base import ErrorBody
 from metering.api.http import USER_ID_PATH, jwt_subject, make_resolver
-from metering.api.models import ErrorBody, LedgerResponse
-from metering.api.read_models import BreakdownResponse, StatsResponse, SummaryResponse
+from metering.api.read_models import BreakdownResponse, LedgerResponse, StatsResponse, SummaryResponse
 from metering.observability import logger, metrics
 from metering.services import ledger_history, reads
 

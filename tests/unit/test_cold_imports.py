@@ -20,19 +20,23 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # imported by the first request that needs them (or SnapStart's before-snapshot hook), never by a
 # handler's import
-DEFERRED = ("sqlalchemy", "yaml", "pg8000", "redis", "boto3", "alembic")
+DEFERRED = ("sqlalchemy", "yaml", "pg8000", "redis", "boto3", "alembic", "metering.catalog.model")
 WEBHOOK_ONLY = ("stripe",)
 
 _PROBE = r"""
 import importlib, json, sys
 module = importlib.import_module(sys.argv[1])
-from metering.api import models
 watched = sys.argv[2].split(",")
+loaded = sorted(name for name in watched if name in sys.modules)
+writes_models = "metering.api.models" in sys.modules
+from pydantic import BaseModel
+from metering.api import models
 print(json.dumps({
-    "loaded": sorted(name for name in watched if name in sys.modules),
+    "loaded": loaded,
+    "write_models": writes_models,
     "built": sorted(
         name for name, value in vars(models).items()
-        if isinstance(value, type) and issubclass(value, models.BaseModel)
+        if isinstance(value, type) and issubclass(value, BaseModel)
         and value.__module__ == models.__name__ and value.__pydantic_complete__
     ),
 }))
@@ -70,6 +74,12 @@ def test_a_handler_builds_the_schemas_of_its_own_models_only() -> None:
     built = _imported_by("functions.check.app")["built"]
     for other in ("UsageRequest", "UsageResponse", "BatchRequest", "BatchResponse", "AdjustmentRequest"):
         assert other not in built
+
+
+def test_the_summary_defines_no_write_model() -> None:
+    # its routes are reads: metering.api.base and read_models, not the check's and writes' models
+    assert _imported_by("functions.summary.app")["write_models"] is False
+    assert _imported_by("functions.record.app")["write_models"] is True
 
 
 def test_the_lazy_exceptions_module_hands_out_sqlalchemys_own_classes() -> None:

@@ -4,8 +4,6 @@ Read through `get_settings()`; tests that change the environment call `get_setti
 pydantic-settings would cost ~125 ms of import, so the environment is mapped by hand here.
 """
 
-from __future__ import annotations
-
 import os
 from functools import lru_cache
 from typing import Annotated
@@ -25,7 +23,7 @@ class ConfigurationError(RuntimeError):
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     # contract (api.md section 2)
     database_url: Opt = None

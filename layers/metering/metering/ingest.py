@@ -10,9 +10,8 @@ dead-letter queue with its reason, so it is neither lost nor retried forever.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -78,8 +77,7 @@ def _result(outcome: Outcome) -> dict[str, Any]:
 # --- SQS -----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(NamedTuple):
     message_id: str
     body: str
     code: str

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from metering.config import get_settings
 from metering.observability import Metric, count, logger
@@ -180,8 +179,7 @@ class ReservationsUnavailable(Exception):
     """Redis is not configured or not reachable."""
 
 
-@dataclass(frozen=True, slots=True)
-class Hold:
+class Hold(NamedTuple):
     allowed: bool
     reserved: int
     expires_at: datetime | None

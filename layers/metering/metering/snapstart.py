@@ -13,9 +13,9 @@ drops, before the first request of a restored environment:
 RDS IAM tokens are never cached: each new connection signs its own.
 
 Before the snapshot, `before_snapshot` imports what the handlers' imports leave to their first
-request (`FIRST_USE`: SQLAlchemy, its pg8000 dialect, pg8000, PyYAML, redis; metering.db.exc says
-why), so that the snapshot holds them and no restored environment pays for them. Importing them
-opens nothing.
+request (`FIRST_USE`: SQLAlchemy, its pg8000 dialect, pg8000, PyYAML, redis, the catalog's
+models; metering.db.exc and metering.catalog say why), so that the snapshot holds them and no
+restored environment pays for them. Importing them opens nothing.
 
 The handlers import no such state at init today (no connection, no client, no fetch at import),
 so the hook is what keeps that true whatever an init does. It acts only on modules already
@@ -32,7 +32,14 @@ import random
 import sys
 
 # imported by a handler's first request, not by its import (tests/unit/test_cold_imports.py)
-FIRST_USE = ("sqlalchemy", "sqlalchemy.dialects.postgresql.pg8000", "pg8000", "yaml", "redis")
+FIRST_USE = (
+    "sqlalchemy",
+    "sqlalchemy.dialects.postgresql.pg8000",
+    "pg8000",
+    "yaml",
+    "redis",
+    "metering.catalog.model",  # read with the catalog file (metering.catalog)
+)
 
 
 def before_snapshot() -> None:

@@ -1,18 +1,21 @@
-"""Request and response models of api.md section 5 (the contract's field names are fixed).
+"""Request and response models of the check and the writes, api.md section 5 (the contract's field
+names are fixed); the read routes' are `metering.api.read_models`, what both share `metering.api.base`.
 
 Amounts are StrictInt: "5", 5.0 and true are rejected rather than coerced, and every amount must
 fit in a signed 64-bit integer.
 """
 
-from __future__ import annotations
-
 import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field, StrictInt
 from pydantic_core import PydanticCustomError
 
+from metering.api.base import ErrorBody as ErrorBody
+from metering.api.base import ErrorOut as ErrorOut
+from metering.api.base import PeriodOut as PeriodOut
+from metering.api.base import Request, Response
 from metering.errors import INT64_MAX
 
 DETAILS_MAX_BYTES = 8 * 1024
@@ -61,14 +64,6 @@ UserId = RoutedId
 UsageTypeName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_no_nul)]
 Amount = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
 PositiveAmount = Annotated[StrictInt, Field(ge=1, le=INT64_MAX)]
-
-
-class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
-
-
-class Response(BaseModel):
-    model_config = ConfigDict(frozen=True, defer_build=True)
 
 
 class ReservationRequest(Request):
@@ -182,11 +177,6 @@ class BalanceOut(Response):
     granted: int  # live grants' remaining credit
 
 
-class PeriodOut(Response):
-    start: datetime
-    end: datetime
-
-
 class UsageResponse(Response):
     event_id: str
     recorded: bool
@@ -200,11 +190,6 @@ class BatchRequest(Request):
     # Items are validated one by one so that one bad event (even one that is not an object) does
     # not reject the others.
     events: Annotated[list[Any], Field(min_length=1, max_length=500)]
-
-
-class ErrorOut(Response):
-    code: str
-    message: str
 
 
 class BatchResult(Response):
@@ -259,23 +244,3 @@ class GrantOut(Response):
 class GrantResponse(Response):
     grant: GrantOut
     balance: BalanceOut
-
-
-class LedgerEntryOut(Response):
-    id: str
-    at: datetime
-    usage_type: str
-    pool: Literal["used", "rollover", "purchased", "grant"]
-    delta: int
-    balance_after: int
-    reason: str
-    ref: str | None
-
-
-class LedgerResponse(Response):
-    entries: list[LedgerEntryOut]
-    next_cursor: str | None
-
-
-class ErrorBody(Response):
-    error: ErrorOut

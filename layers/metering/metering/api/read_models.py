@@ -1,17 +1,15 @@
-"""Response models of the read routes (api.md section 5: summary, breakdown, stats).
+"""Response models of the read routes (api.md sections 5 and 7: summary, breakdown, stats, ledger).
 
 Field names are the contract's. Additive extensions (allowed by api.md): `reservations_counted` on
 the summary (as on the check), and `user_id` on breakdown and stats (useful behind /v1/me).
 """
 
-from __future__ import annotations
-
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from metering.api.models import PeriodOut, Response  # PeriodOut: the record responses' too
+from metering.api.base import PeriodOut, Response  # PeriodOut: the record responses' too
 
 Number = int | float
 
@@ -95,3 +93,19 @@ class UsageTypeStatsOut(Response):
 class StatsResponse(Response):
     user_id: str
     usage_types: dict[str, UsageTypeStatsOut]
+
+
+class LedgerEntryOut(Response):
+    id: str
+    at: datetime
+    usage_type: str
+    pool: Literal["used", "rollover", "purchased", "grant"]
+    delta: int
+    balance_after: int
+    reason: str
+    ref: str | None
+
+
+class LedgerResponse(Response):
+    entries: list[LedgerEntryOut]
+    next_cursor: str | None

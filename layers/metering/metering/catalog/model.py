@@ -7,12 +7,9 @@ field path (`plans[1].limits.ocr_tokens: must be >= 0 or null (got -1)`) and the
 `get_catalog()` is the process-wide catalog (METERING_CATALOG, else the shipped default.yaml).
 """
 
-from __future__ import annotations
-
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -28,7 +25,6 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from metering.config import get_settings
 from metering.errors import INT64_MAX
 
 if TYPE_CHECKING:  # PyYAML is imported when a catalog is read, not when this module is
@@ -165,7 +161,7 @@ def _no_repeats(values: tuple[str, ...]) -> tuple[str, ...]:
     return values
 
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_FROZEN = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 # --- the model -------------------------------------------------------------------------------------
@@ -250,7 +246,7 @@ class Alert(BaseModel):
     when: When | None = None
 
     @model_validator(mode="after")
-    def _one_threshold(self) -> Alert:
+    def _one_threshold(self) -> "Alert":
         if (self.at_percent is None) == (self.when is None):
             raise _fail("give exactly one of at_percent (1..100) or when (available_depleted)")
         return self
@@ -412,7 +408,7 @@ def _duplicates(what: str, entries: Iterable[tuple[str, str]]) -> list[str]:
 # --- YAML ------------------------------------------------------------------------------------------
 
 
-def _duplicate_keys(node: yaml.Node) -> list[str]:
+def _duplicate_keys(node: "yaml.Node") -> list[str]:
     """Every duplicate mapping key under `node` (PyYAML's SafeLoader silently keeps the last)."""
     import yaml
 
@@ -597,10 +593,3 @@ def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
     except (OSError, UnicodeDecodeError) as exc:
         raise CatalogError(str(file), [f"cannot read the file: {exc}"]) from None
     return parse_catalog(text, str(file))
-
-
-@lru_cache(maxsize=1)
-def get_catalog() -> Catalog:
-    """The service's catalog: METERING_CATALOG when set, else the shipped default. Tests that
-    change the variable call `get_settings.cache_clear()` and `get_catalog.cache_clear()`."""
-    return load_catalog(get_settings().metering_catalog)

@@ -12,7 +12,6 @@ name. Grants (credit with an expiry) change only through journal rows of account
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
@@ -26,8 +25,7 @@ if TYPE_CHECKING:
 type Pair = tuple[str, str]  # (user_id, usage_type)
 
 
-@dataclass(frozen=True, slots=True)
-class PeriodRow:
+class PeriodRow(NamedTuple):
     period_id: UUID
     start: datetime
     end: datetime
@@ -41,8 +39,7 @@ class LiveGrant(NamedTuple):
     expires_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class PairState:
+class PairState(NamedTuple):
     """A pair's pools, its user's current subscription and the periods containing the moment read,
     each with the pair's counter: one snapshot."""
 
@@ -63,8 +60,7 @@ class PairState:
         return (found[0], found[1]) if found else (None, 0)
 
 
-@dataclass(frozen=True, slots=True)
-class Pools:
+class Pools(NamedTuple):
     used: int
     rollover: int
     purchased: int

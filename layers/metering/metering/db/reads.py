@@ -9,13 +9,14 @@ from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from metering.catalog import UsageType
 from metering.db.ledger import subscription_state
 from metering.db.sql import Statement, first, rows
 from metering.domain.periods import SubscriptionState
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
+
+    from metering.catalog import UsageType
 
 _CURRENT_SUBSCRIPTION = Statement("SELECT * FROM metering.current_subscriptions WHERE user_id = :user_id")
 

@@ -9,10 +9,12 @@ comparing the set's first and last levels finds every threshold any of its event
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from metering.catalog import Alert
 from metering.domain.ledger import available
+
+if TYPE_CHECKING:
+    from metering.catalog import Alert
 
 
 class Level(NamedTuple):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from metering.catalog import Breakdown
+if TYPE_CHECKING:
+    from metering.catalog import Breakdown
 
 
 def field_value(field: str, reference_id: str | None, details: dict[str, Any] | None) -> Any:

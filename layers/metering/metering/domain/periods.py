@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import calendar
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, NamedTuple
 
 ENTITLED_STATUSES = frozenset({"active", "trialing", "past_due"})
 
 PeriodKind = Literal["calendar", "subscription", "assumed"]
 
 
-@dataclass(frozen=True, slots=True)
-class SubscriptionState:
+class SubscriptionState(NamedTuple):
     """The user's current subscription, as mirrored from Stripe."""
 
     subscription_id: str
@@ -36,8 +34,7 @@ class SubscriptionState:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class PeriodSpec:
+class PeriodSpec(NamedTuple):
     start: datetime
     end: datetime
     plan_id: str

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from metering.api.models import AdjustmentRequest, AdjustmentResponse, BalanceOut
 from metering.db import ledger
@@ -18,8 +17,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
 
-@dataclass(frozen=True, slots=True)
-class AdjustmentOutcome:
+class AdjustmentOutcome(NamedTuple):
     response: AdjustmentResponse
 
     @property
@@ -74,7 +72,7 @@ def adjust(user_id: str, request: AdjustmentRequest, now: datetime | None = None
             rollover=rollover - pools.rollover,
             purchased=purchased - pools.purchased,
         )
-        alerts.crossed(conn, m, user_id, before, replace(before, rollover=rollover, purchased=purchased), now)
+        alerts.crossed(conn, m, user_id, before, before._replace(rollover=rollover, purchased=purchased), now)
         return _outcome(request, Pools(pools.used, rollover, purchased), applied=True)
 
     return run_in_transaction(work)

@@ -19,7 +19,6 @@ a change that crosses nothing costs nothing, one that crosses costs no round tri
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from uuid import UUID
@@ -176,4 +175,4 @@ def after_expiry(
     if not m.catalog.alerts_for(usage_type):
         return []
     after = standing(m, state, now)
-    return crossed(conn, m, user_id, replace(after, granted=after.granted + expired), after, now)
+    return crossed(conn, m, user_id, after._replace(granted=after.granted + expired), after, now)

@@ -4,11 +4,10 @@ the record, the summary and the adjustments share."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from metering.catalog import Catalog, Plan, UsageType, get_catalog
+from metering.catalog import get_catalog
 from metering.config import get_settings
 from metering.db.ledger import PairState, PeriodRow, Pools, lock_pairs
 from metering.domain.ledger import available, remaining
@@ -18,9 +17,10 @@ from metering.errors import UnknownUsageType
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
+    from metering.catalog import Catalog, Plan, UsageType
 
-@dataclass(frozen=True, slots=True)
-class Meter:
+
+class Meter(NamedTuple):
     usage_type: UsageType
     catalog: Catalog
     billing_enabled: bool
@@ -48,8 +48,7 @@ def meter(usage_type: str, field: str = "usage_type") -> Meter:
     return Meter(found, catalog, get_settings().billing_enabled)
 
 
-@dataclass(frozen=True, slots=True)
-class Standing:
+class Standing(NamedTuple):
     """A pair at a moment: the period containing it (`row` None: not stored yet), its limit and
     counter, and the pools (0 for a plain counter, whose check and record ignore them)."""
 

@@ -9,10 +9,9 @@ so the ledger and `reconcile` show it; until it runs nothing counts the expired 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from metering.api.models import BalanceOut, GrantOut, GrantRequest, GrantResponse
 from metering.db import ledger
@@ -26,8 +25,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
 
-@dataclass(frozen=True, slots=True)
-class GrantOutcome:
+class GrantOutcome(NamedTuple):
     response: GrantResponse
     applied: bool
 

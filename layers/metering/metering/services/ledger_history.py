@@ -16,7 +16,7 @@ import heapq
 import json
 from typing import Any
 
-from metering.api.models import LedgerEntryOut, LedgerResponse
+from metering.api.read_models import LedgerEntryOut, LedgerResponse
 from metering.db import reads
 from metering.db.engine import run_read
 from metering.errors import BadInput

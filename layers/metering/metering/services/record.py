@@ -57,8 +57,7 @@ if TYPE_CHECKING:
 FUTURE_SKEW = timedelta(seconds=300)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What happened to one event: recorded, duplicate, or rejected with an error."""
 
     event_id: str | None

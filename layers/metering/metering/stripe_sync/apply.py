@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from metering.catalog import Catalog, Plan, get_catalog
+from metering.catalog import get_catalog
 from metering.config import get_settings
 from metering.db import ledger, stripe_mirror
 from metering.db.engine import run_in_transaction
@@ -60,6 +60,8 @@ from metering.stripe_sync.objects import (
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
+
+    from metering.catalog import Catalog, Plan
 
 # Outcomes: the webhook answers them, and stripe_events.outcome stores them. `pending` (kept until a
 # checkout session links the event's customer or subscription to a user) is answered `ignored`.

@@ -483,23 +483,77 @@ def compare(builds: dict[str, Path], runs: int) -> dict[str, Any]:
     return out
 
 
+_IMPORT_ONLY = r"""
+import importlib.util, sys
+fn_dir, layer, site = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.path[0:0] = [fn_dir, layer]
+sys.path.append(site)
+spec = importlib.util.spec_from_file_location("app", fn_dir + "/app.py")
+module = importlib.util.module_from_spec(spec)
+sys.modules["app"] = module
+spec.loader.exec_module(module)
+"""
+
+
+def _instructions(args: list[str]) -> int:
+    """Instructions of a whole `python` process (valgrind's callgrind, `Collected`): the same
+    count on a fast or a slow host, so a change of a few percent shows above the host's noise."""
+    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, *args]
+    env = _env() | {"PYTHONHASHSEED": "0"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=True)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count from valgrind: {done.stderr[-300:]}")
+    return int(found.group(1))
+
+
+def instructions(builds: dict[str, Path]) -> dict[str, Any]:
+    """Per build and handler, the instructions of a `python -S -B` that imports the handler, and
+    of one that does nothing (the interpreter's start-up): two valgrind runs at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = _function_ids()
+    with tempfile.TemporaryDirectory(prefix="metering-bench-instr-") as tmp:
+        runtime = str(runtime_dir(Path(tmp)))
+        jobs = {("interpreter", "python -S -c pass"): ["-S", "-B", "-c", "pass"]}
+        for label, d in builds.items():
+            layer = str(d / "MeteringLayer" / "python")
+            for name in HANDLERS:
+                fn_dir = d / ids[name]
+                if (fn_dir / "app.py").exists():
+                    jobs[(label, name)] = ["-S", "-B", "-c", _IMPORT_ONLY, str(fn_dir), layer, runtime]
+        with ThreadPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1))) as pool:
+            counts = dict(zip(jobs, pool.map(_instructions, jobs.values()), strict=True))
+    out: dict[str, Any] = {}
+    for (label, name), count in counts.items():
+        out.setdefault(label, {})[name] = count
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m bench.coldstart LABEL=BUILD_DIR ... [--runs N]`: `compare`, printed and written
-    to bench/results/coldstart-compare.json."""
+    """`python -m bench.coldstart LABEL=BUILD_DIR ... [--runs N] [--instructions]`: `compare`,
+    printed and written to bench/results/coldstart-compare.json."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m bench.coldstart", description=compare.__doc__)
     parser.add_argument("builds", nargs="+", help="label=path of a `sam build --build-dir`")
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "coldstart-compare.json")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count instructions with valgrind (about 25 s per handler)",
+    )
     args = parser.parse_args(argv)
     builds = {b.split("=", 1)[0]: Path(b.split("=", 1)[1]) for b in args.builds}
-    result = compare(builds, args.runs)
+    result = compare(builds, args.runs) if args.runs > 0 else {"interpreter": {}}
+    if args.instructions:
+        result["instructions"] = instructions(builds)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for name, r in result["interpreter"].items():
         print(f"{name:<34} median {r['ms']:6.1f} ms  min {r['min_ms']:6.1f}")
     for label in builds:
-        for name, r in result[label].items():
+        for name, r in result.get(label, {}).items():
             if "error" in r:
                 print(f"{label + ' ' + name:<34} {r['error']}")
                 continue
@@ -507,6 +561,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"{label + ' ' + name:<34} import median {r['import_ms']['median']:6.1f} ms  "
                 f"min {r['import_ms']['min']:6.1f}  CPU {r['import_cpu_ms']['median']:6.1f}  "
                 f"first use {r['first_use_ms']['median']:6.1f}  RSS {r['maxrss_mb']['median']:4.0f} MB"
+            )
+    counts = result.get("instructions", {})
+    bare = counts.get("interpreter", {}).get("python -S -c pass")
+    if bare:
+        print(f"{'instructions, python -S -c pass':<34} {bare / 1e6:8.1f} M")
+    for label in builds:
+        for name, count in counts.get(label, {}).items():
+            print(
+                f"{label + ' ' + name:<34} {count / 1e6:8.1f} M instructions "
+                f"({(count - bare) / 1e6:.1f} M beyond start-up)"
             )
     return 0
 

@@ -4,7 +4,8 @@ catalog").
 `parse_catalog` / `load_catalog` read the YAML file and validate all of it before anything else
 runs: a bad catalog is one `CatalogError` that lists every problem, one per line, each named by its
 field path (`plans[1].limits.ocr_tokens: must be >= 0 or null (got -1)`) and the file.
-`get_catalog()` is the process-wide catalog (METERING_CATALOG, else the shipped default.yaml).
+`metering.catalog.get_catalog()` is the process-wide catalog (METERING_CATALOG, else the shipped
+default.yaml); this module is imported on its first call.
 """
 
 import os
